@@ -1,0 +1,196 @@
+"""lstm-bench: the command line. Bad input ends in one line on stderr and a non-zero exit, never a traceback
+(set LSTM_BENCH_DEBUG=1 to see one for an unexpected error)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+from .errors import HarnessError
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message over several lines; we print one
+        raise HarnessError(f"{self.prog}: {message}")
+
+
+def add_trial_flags(p: argparse.ArgumentParser) -> None:
+    from .spec import AUGMENTS, DATA, MODES, NORMALIZE, OPTIMIZERS, SCHEDULES
+    v = p.add_argument_group("variant")
+    v.add_argument("--seq", default="row", help="row, column, pixel, patch, cnn")
+    v.add_argument("--patch-size", type=int, default=None, help="k for seq patch: 2, 4 or 8")
+    v.add_argument("--hidden-size", type=int, default=128)
+    v.add_argument("--num-layers", type=int, default=2)
+    v.add_argument("--impl", default="cudnn", help="cudnn, naive, lstmcell")
+    v.add_argument("--batch-size", type=int, default=256)
+    v.add_argument("--dtype", default="float32", help="float32 or bfloat16 (autocast)")
+    v.add_argument("--bidirectional", action="store_true")
+    v.add_argument("--dropout", type=float, default=0.0)
+    t = p.add_argument_group("trial")
+    t.add_argument("--mode", default="train", help=", ".join(MODES))
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    t.add_argument("--data", default="synthetic", help=", ".join(DATA))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
+    t.add_argument("--time-budget-s", type=float, default=30.0, help="per-trial time budget")
+    r = p.add_argument_group("training recipe (accuracy mode; optimizer/lr also for train timing)")
+    r.add_argument("--optimizer", default="adam", help=", ".join(OPTIMIZERS))
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--weight-decay", type=float, default=0.0)
+    r.add_argument("--schedule", default="constant", help=", ".join(SCHEDULES))
+    r.add_argument("--warmup-epochs", type=float, default=0.0)
+    r.add_argument("--grad-clip", type=float, default=None)
+    r.add_argument("--label-smoothing", type=float, default=0.0)
+    r.add_argument("--augment", default="none", help=", ".join(AUGMENTS))
+    r.add_argument("--normalize", default="cifar", help=", ".join(NORMALIZE))
+    r.add_argument("--epochs", type=int, default=1)
+    r.add_argument("--target-accuracy", type=float, nargs="*", default=[])
+    r.add_argument("--train-subset", type=int, default=None)
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("dataset")
+    d.add_argument("--data-root", default=None, help="folder with cifar-10-batches-py/ or cifar-10-python.tar.gz")
+    d.add_argument("--download", action="store_true", help="fetch CIFAR-10 through torchvision (needs internet)")
+    d.add_argument("--allow-unofficial-data", action="store_true",
+                   help="accept a copy whose md5 differs from the official release (recorded on every result)")
+
+
+def spec_from_args(a) -> "TrialSpec":
+    from .spec import TrainConfig, TrialSpec
+    from .variants import Variant
+    variant = Variant(seq=a.seq, patch_size=a.patch_size, hidden_size=a.hidden_size, num_layers=a.num_layers,
+                      impl=a.impl, batch_size=a.batch_size, dtype=a.dtype, bidirectional=a.bidirectional,
+                      dropout=a.dropout)
+    train = TrainConfig(optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
+                        warmup_epochs=a.warmup_epochs, grad_clip=a.grad_clip, label_smoothing=a.label_smoothing,
+                        augment=a.augment, normalize=a.normalize, epochs=a.epochs,
+                        target_accuracy=tuple(a.target_accuracy), train_subset=a.train_subset)
+    return TrialSpec(variant=variant, mode=a.mode, device=a.device, data=a.data, seed=a.seed, threads=a.threads,
+                     time_budget_s=a.time_budget_s, train=train)
+
+
+TRIAL_TABLE = (("trial_id", "{}"), ("mode", "{}"), ("device", "{}"), ("backend", "{}"), ("status", "{}"),
+               ("img_per_s", "{:,.1f}"), ("img_per_s_iqr", "{:,.1f}"), ("latency_ms_p50", "{:.2f}"),
+               ("latency_ms_p90", "{:.2f}"), ("latency_ms_p99", "{:.2f}"), ("peak_mem_mb", "{:,.1f}"),
+               ("gflop_per_s", "{:,.2f}"), ("noisy", "{}"), ("noise_reasons", "{}"), ("test_acc", "{:.4f}"),
+               ("best_test_acc", "{:.4f}"), ("epochs_run", "{}"), ("dataset", "{}"), ("threads", "{}"),
+               ("gpu_name", "{}"), ("duration_s", "{:.1f}"), ("error", "{}"))
+
+
+def format_record(r: dict) -> str:
+    from .variants import Variant
+    lines = [f"{Variant(**{k: r[k] for k in Variant.__dataclass_fields__}).label}"]
+    for key, fmt in TRIAL_TABLE:
+        value = r.get(key)
+        if value is None or value == "":
+            continue
+        try:
+            text = fmt.format(value)
+        except (ValueError, TypeError):
+            text = str(value)
+        lines.append(f"  {key:<16} {text}")
+    return "\n".join(lines)
+
+
+def to_json(record: dict) -> str:
+    def clean(x):  # JSON has no NaN/inf: write null
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(record), sort_keys=False)
+
+
+# ---- subcommands ------------------------------------------------------------------------------------------
+
+def cmd_trial(a) -> int:
+    from .trial import run_trial
+    spec = spec_from_args(a)
+    record = run_trial(spec, data_root=a.data_root, allow_unofficial=a.allow_unofficial_data, download=a.download)
+    print(to_json(record) if a.json else format_record(record), flush=True)
+    if record["status"] != "ok":
+        print(f"lstm-bench: trial {record['trial_id']} failed: {record.get('error')}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_check(a) -> int:
+    from .parity import check
+    from .trial import resolve_device
+    device = resolve_device(a.device)
+    rows = check(device, hidden_size=a.hidden_size)
+    worst = {}
+    for r in rows:
+        key = (r["seq"], r["impl"])
+        worst[key] = max(worst.get(key, 0.0), r["max_rel_error"])
+    if a.json:
+        for (seq, impl), err in worst.items():
+            print(json.dumps({"seq": seq, "impl": impl, "max_rel_error": err, "device": str(device),
+                              "ok": err <= a.tolerance}))
+    else:
+        print(f"largest relative error against cudnn (logits and every gradient, layers 1-3) on {device}:")
+        print(f"  {'seq':<8} {'impl':<9} {'max rel err':>12}")
+        for (seq, impl), err in worst.items():
+            print(f"  {seq:<8} {impl:<9} {err:>12.2e}{'' if err <= a.tolerance else '   > tolerance!'}")
+    bad = [k for k, e in worst.items() if e > a.tolerance]
+    if bad:
+        print(f"lstm-bench: {len(bad)} seq/impl pair(s) exceed {a.tolerance:g}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="lstm-bench", description="Benchmark and profile LSTM variants on CIFAR-10, on Ray.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    t = sub.add_parser("trial", help="run one trial on this machine")
+    add_trial_flags(t)
+    add_data_flags(t)
+    t.add_argument("--json", action="store_true", help="one JSON record per line on stdout")
+    t.set_defaults(func=cmd_trial)
+
+    c = sub.add_parser("check", help="do cudnn, naive and lstmcell compute the same function here?")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--hidden-size", type=int, default=32)
+    c.add_argument("--tolerance", type=float, default=1e-5)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_check)
+
+    for register in EXTRA_COMMANDS:
+        register(sub)
+    return p
+
+
+EXTRA_COMMANDS: list = []  # later modules (run, results, report, profile) add their subcommands here
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"lstm-bench: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("lstm-bench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input: still one line unless asked for the traceback
+        if os.environ.get("LSTM_BENCH_DEBUG"):
+            raise
+        print(f"lstm-bench: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              f"(LSTM_BENCH_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""LSTM variants: what is measured (a frozen, hashable spec) and the model it builds.
+
+A variant is three choices:
+  seq   how a 3x32x32 image becomes a sequence (rows, columns, pixels, k x k patches, or a conv stem's rows);
+  impl  which code runs the recurrence: `cudnn` (torch.nn.LSTM: cuDNN on CUDA, ATen's fused kernel on CPU),
+        `naive` (a Python loop of the six gate equations), `lstmcell` (a Python loop of nn.LSTMCell);
+  size  hidden_size x num_layers (x 2 if bidirectional).
+
+All three impls compute the same function. Parameters are kept in nn.LSTM's layout and gate order
+(i, f, g, o) -- per layer and direction `weight_ih` (4H x I), `weight_hh` (4H x H), `bias_ih`, `bias_hh` (4H) --
+so one state dict loads into any impl. The naive cell concatenates them at run time into one (4H x (H+I))
+matrix W = [weight_hh | weight_ih] and one bias b = bias_ih + bias_hh, so each step is a single matmul of
+[h_{t-1}, x_t] against W (the tutorial's equations with the four gates stacked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import SpecError
+
+SEQS = ("row", "column", "pixel", "patch", "cnn")
+IMPLS = ("cudnn", "naive", "lstmcell")
+DTYPES = ("float32", "bfloat16")
+PATCH_SIZES = (2, 4, 8)
+CNN_CHANNELS = 64  # conv stem: 3 -> 32 -> 64, pool, 64, pool => 64 x 8 x 8; the 8 rows become 8 steps of 512
+
+
+@dataclass(frozen=True)
+class Variant:
+    seq: str = "row"
+    hidden_size: int = 128
+    num_layers: int = 2
+    impl: str = "cudnn"
+    batch_size: int = 256
+    dtype: str = "float32"  # bfloat16 = autocast, weights stay float32
+    bidirectional: bool = False
+    dropout: float = 0.0
+    patch_size: int | None = None  # only for seq=patch
+
+    def __post_init__(self):
+        validate_variant(self)
+
+    @property
+    def steps(self) -> int:
+        return seq_shape(self.seq, self.patch_size)[0]
+
+    @property
+    def features(self) -> int:
+        return seq_shape(self.seq, self.patch_size)[1]
+
+    @property
+    def label(self) -> str:
+        seq = f"patch{self.patch_size}" if self.seq == "patch" else self.seq
+        bi = "-bi" if self.bidirectional else ""
+        return f"{seq}/h{self.hidden_size}x{self.num_layers}{bi}/{self.impl}/b{self.batch_size}/{self.dtype}"
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise SpecError(msg)
+
+
+def validate_variant(v: Variant) -> None:
+    _check(v.seq in SEQS, f"unknown seq {v.seq!r} (choose from {', '.join(SEQS)})")
+    _check(v.impl in IMPLS, f"unknown impl {v.impl!r} (choose from {', '.join(IMPLS)})")
+    _check(v.dtype in DTYPES, f"unknown dtype {v.dtype!r} (choose from {', '.join(DTYPES)})")
+    for name in ("hidden_size", "num_layers", "batch_size"):
+        value = getattr(v, name)
+        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+               f"{name} must be a positive integer, got {value!r}")
+    _check(isinstance(v.bidirectional, bool), f"bidirectional must be true or false, got {v.bidirectional!r}")
+    _check(isinstance(v.dropout, (int, float)) and 0.0 <= v.dropout < 1.0,
+           f"dropout must be in [0, 1), got {v.dropout!r}")
+    if v.seq == "patch":
+        _check(v.patch_size is not None, "seq patch needs a patch size (2, 4 or 8)")
+        _check(isinstance(v.patch_size, int) and v.patch_size > 0 and 32 % v.patch_size == 0,
+               f"patch size {v.patch_size!r} does not divide 32 (choose from 2, 4, 8)")
+        _check(v.patch_size in PATCH_SIZES, f"patch size {v.patch_size} gives "
+               f"{(32 // v.patch_size) ** 2} steps; choose from 2, 4, 8")
+    else:
+        _check(v.patch_size is None, f"patch_size is only meaningful with seq patch, not seq {v.seq!r}")
+
+
+def seq_shape(seq: str, patch_size: int | None = None) -> tuple[int, int]:
+    """(steps, features per step) of a sequencing strategy."""
+    if seq in ("row", "column"):
+        return 32, 96
+    if seq == "pixel":
+        return 1024, 3
+    if seq == "patch":
+        return (32 // patch_size) ** 2, 3 * patch_size * patch_size
+    if seq == "cnn":
+        return 8, CNN_CHANNELS * 8
+    raise SpecError(f"unknown seq {seq!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sequencers: (B, 3, 32, 32) float -> (B, steps, features)
+
+class Sequencer(nn.Module):
+    def __init__(self, seq: str, patch_size: int | None):
+        super().__init__()
+        self.seq, self.patch_size = seq, patch_size
+        if seq == "cnn":
+            def block(cin, cout):
+                return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
+            self.stem = nn.Sequential(*block(3, 32), *block(32, CNN_CHANNELS), nn.MaxPool2d(2),
+                                      *block(CNN_CHANNELS, CNN_CHANNELS), nn.MaxPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        if self.seq == "row":  # step t = image row t, features = 3 channels x 32 columns
+            return x.permute(0, 2, 1, 3).reshape(b, 32, 96)
+        if self.seq == "column":
+            return x.permute(0, 3, 1, 2).reshape(b, 32, 96)
+        if self.seq == "pixel":  # the tutorial's sequence: 1024 steps of RGB, raster order
+            return x.flatten(2).transpose(1, 2)
+        if self.seq == "patch":  # non-overlapping k x k patches in raster order, each flattened (C, k, k)
+            k = self.patch_size
+            return F.unfold(x, kernel_size=k, stride=k).transpose(1, 2)
+        feats = self.stem(x)  # (B, 64, 8, 8): feature-map rows become the sequence
+        return feats.permute(0, 2, 1, 3).reshape(b, 8, CNN_CHANNELS * 8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recurrent cores. Each maps (B, T, I) -> (output (B, T, H*dirs), h_n (layers*dirs, B, H)), as nn.LSTM does.
+
+class LoopLSTM(nn.Module):
+    """Parameters in nn.LSTM's names and layout; subclasses supply the per-step cell."""
+
+    def __init__(self, input_size, hidden_size, num_layers, bidirectional, dropout):
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.dirs = 2 if bidirectional else 1
+        self.dropout = dropout
+        # Same initialisation as nn.LSTM: U(-1/sqrt(H), 1/sqrt(H)) for every parameter.
+        bound = 1.0 / math.sqrt(hidden_size)
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else hidden_size * self.dirs
+            for d in range(self.dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                for name, shape in ((f"weight_ih{sfx}", (4 * hidden_size, layer_in)),
+                                    (f"weight_hh{sfx}", (4 * hidden_size, hidden_size)),
+                                    (f"bias_ih{sfx}", (4 * hidden_size,)),
+                                    (f"bias_hh{sfx}", (4 * hidden_size,))):
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
+
+    def params(self, layer: int, d: int):
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        return (getattr(self, f"weight_ih{sfx}"), getattr(self, f"weight_hh{sfx}"),
+                getattr(self, f"bias_ih{sfx}"), getattr(self, f"bias_hh{sfx}"))
+
+    def run_direction(self, x: torch.Tensor, layer: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor):
+        h_n = []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.dirs):
+                out, h_last = self.run_direction(x, layer, d)
+                outs.append(out)
+                h_n.append(h_last)
+            x = torch.cat(outs, dim=2) if self.dirs == 2 else outs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, torch.stack(h_n)
+
+
+class NaiveLSTM(LoopLSTM):
+    """The tutorial's gate equations, one Python iteration per time step:
+        i = sigmoid(W_i [h, x] + b_i)   f = sigmoid(W_f [h, x] + b_f)   g = tanh(W_g [h, x] + b_g)
+        o = sigmoid(W_o [h, x] + b_o)   c = f * c + i * g               h = o * tanh(c)
+    with the four gates stacked into one matmul per step."""
+
+    def run_direction(self, x, layer, d):
+        w_ih, w_hh, b_ih, b_hh = self.params(layer, d)
+        w = torch.cat([w_hh, w_ih], dim=1).t()  # (H + I, 4H): one GEMM for all four gates
+        b = b_ih + b_hh
+        batch, steps, _ = x.shape
+        h = x.new_zeros(batch, self.hidden_size)
+        c = x.new_zeros(batch, self.hidden_size)
+        order = range(steps - 1, -1, -1) if d else range(steps)
+        outs = [None] * steps
+        for t in order:
+            gates = torch.addmm(b, torch.cat([h, x[:, t]], dim=1), w)
+            i, f, g, o = gates.chunk(4, dim=1)
+            i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+            c = f * c + i * g
+            h = o * torch.tanh(c)
+            outs[t] = h
+        return torch.stack(outs, dim=1), h
+
+
+class CellLoopLSTM(nn.Module):
+    """A Python loop of torch.nn.LSTMCell, one cell per layer and direction. Its parameters map one to one
+    onto nn.LSTM's: cells[layer * dirs + d].weight_ih <-> weight_ih_l{layer}[_reverse] (see canonical_state)."""
+
+    def __init__(self, input_size, hidden_size, num_layers, bidirectional, dropout):
+        super().__init__()
+        self.hidden_size, self.num_layers = hidden_size, num_layers
+        self.dirs = 2 if bidirectional else 1
+        self.dropout = dropout
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(input_size if layer == 0 else hidden_size * self.dirs, hidden_size)
+            for layer in range(num_layers) for _ in range(self.dirs))
+
+    def forward(self, x):
+        h_n = []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.dirs):
+                cell = self.cells[layer * self.dirs + d]
+                batch, steps, _ = x.shape
+                h = x.new_zeros(batch, self.hidden_size)
+                c = x.new_zeros(batch, self.hidden_size)
+                seq_out = [None] * steps
+                for t in (range(steps - 1, -1, -1) if d else range(steps)):
+                    h, c = cell(x[:, t], (h, c))
+                    seq_out[t] = h
+                outs.append(torch.stack(seq_out, dim=1))
+                h_n.append(h)
+            x = torch.cat(outs, dim=2) if self.dirs == 2 else outs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, torch.stack(h_n)
+
+
+class CudnnLSTM(nn.LSTM):
+    """torch.nn.LSTM with batch_first, returning (output, h_n) like the loop cores."""
+
+    def forward(self, x):
+        out, (h_n, _) = super().forward(x)
+        return out, h_n
+
+
+def make_core(impl: str, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool,
+              dropout: float) -> nn.Module:
+    if impl == "cudnn":
+        return CudnnLSTM(input_size, hidden_size, num_layers, batch_first=True,
+                         bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
+    cls = {"naive": NaiveLSTM, "lstmcell": CellLoopLSTM}[impl]
+    return cls(input_size, hidden_size, num_layers, bidirectional, dropout)
+
+
+class LSTMClassifier(nn.Module):
+    """image -> sequencer -> LSTM core -> Linear on the last layer's final hidden state(s) -> 10 logits."""
+
+    def __init__(self, v: Variant, num_classes: int = 10):
+        super().__init__()
+        self.variant = v
+        self.sequencer = Sequencer(v.seq, v.patch_size)
+        dirs = 2 if v.bidirectional else 1
+        self.lstm = make_core(v.impl, v.features, v.hidden_size, v.num_layers, v.bidirectional, v.dropout)
+        self.head = nn.Linear(v.hidden_size * dirs, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h_n = self.lstm(self.sequencer(x))
+        dirs = 2 if self.variant.bidirectional else 1
+        last = h_n[-dirs:]  # last layer: forward (and backward) final states
+        return self.head(torch.cat(list(last), dim=1))
+
+
+def build_model(v: Variant) -> LSTMClassifier:
+    return LSTMClassifier(v)
+
+
+def with_impl(v: Variant, impl: str) -> Variant:
+    return dataclasses.replace(v, impl=impl)
+
+
+def canonical_names(core: nn.Module) -> dict[str, str]:
+    """nn.LSTM parameter name -> the name it has inside `core` (identity except for the LSTMCell loop)."""
+    names = {}
+    for name, _ in core.named_parameters():
+        if isinstance(core, CellLoopLSTM):  # cells.{k}.weight_ih -> weight_ih_l{k // dirs}[_reverse]
+            _, k, kind = name.split(".")
+            layer, d = divmod(int(k), core.dirs)
+            names[f"{kind}_l{layer}" + ("_reverse" if d else "")] = name
+        else:
+            names[name] = name
+    return names
+
+
+def canonical_state(model: LSTMClassifier) -> dict[str, torch.Tensor]:
+    """The model's parameters under nn.LSTM's names (lstm.weight_ih_l0, ...): the layout every impl shares."""
+    state = {k: t for k, t in model.state_dict().items() if not k.startswith("lstm.")}
+    core = dict(model.lstm.named_parameters())
+    for canon, local in canonical_names(model.lstm).items():
+        state[f"lstm.{canon}"] = core[local].detach()
+    return state
+
+
+def load_canonical_state(model: LSTMClassifier, state: dict[str, torch.Tensor]) -> None:
+    """Load weights from any impl's canonical_state() into `model`, whatever its impl."""
+    local = {k: v for k, v in state.items() if not k.startswith("lstm.")}
+    for canon, name in canonical_names(model.lstm).items():
+        local[f"lstm.{name}"] = state[f"lstm.{canon}"]
+    model.load_state_dict(local)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Analytic cost: the LSTM GEMMs only (input and recurrent projections of every gate, every step).
+
+def lstm_gemm_flops(v: Variant, mode: str) -> int:
+    """FLOPs of the LSTM's matrix products for one batch: 2 * B * T * 4H * (I + H) per layer and direction.
+    Training counts 3x the forward (backward needs the grads of both the input and the weights)."""
+    dirs = 2 if v.bidirectional else 1
+    total = 0
+    for layer in range(v.num_layers):
+        layer_in = v.features if layer == 0 else v.hidden_size * dirs
+        total += dirs * 2 * v.batch_size * v.steps * 4 * v.hidden_size * (layer_in + v.hidden_size)
+    return total * (3 if mode in ("train", "accuracy", "profile") else 1)

@@ -1,0 +1,37 @@
+"""Shared fixtures: a small dataset in the real CIFAR-10 python format, written by the tests themselves."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# Ray on Linux swaps a node IP of 127.0.0.1 for the interface address unless this is set before it starts;
+# with it, embedded and test clusters stay on loopback (tests send traffic to 127.0.0.1 only).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10"
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def learnable_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose class is easy to learn: class k has a bright band at rows 3k..3k+2, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 80, (n, 3, 32, 32), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        images[i, :, 3 * k:3 * k + 3, :] = 230
+    return images, labels.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory) -> Path:
+    """A few hundred learnable images in the official format (5 train batches of 64, a test batch of 100)."""
+    from harness.cifar import write_cifar10_folder
+    root = tmp_path_factory.mktemp("cifar")
+    tx, ty = learnable_images(320, seed=1)
+    vx, vy = learnable_images(100, seed=2)
+    write_cifar10_folder(root, tx, ty, vx, vy)
+    return root

@@ -1,0 +1,122 @@
+"""`lstm-bench trial` and `lstm-bench check` as a user runs them: records, tables, one-line errors."""
+import json
+import pickle
+
+import pytest
+import torch
+
+from harness.cli import main
+
+REQUIRED = ("trial_id seq patch_size hidden_size num_layers impl batch_size dtype bidirectional mode device status "
+            "img_per_s img_per_s_iqr latency_ms_p50 latency_ms_p90 latency_ms_p99 peak_mem_mb gflop_per_s noisy "
+            "dataset backend started_at duration_s hostname node_ip cpu_model threads gpu_name gpu_driver "
+            "cuda_version cudnn_version torch_version torchvision_version ray_version git_commit").split()
+
+FAST = ["--hidden-size", "16", "--num-layers", "1", "--batch-size", "32", "--time-budget-s", "1"]
+
+
+def run_json(capsys, *args):
+    rc = main(["trial", *args, "--json"])
+    out = capsys.readouterr().out.strip().splitlines()
+    return rc, [json.loads(line) for line in out]
+
+
+def test_trial_json_record_has_every_field(capsys):
+    rc, recs = run_json(capsys, "--seq", "row", "--impl", "cudnn", "--mode", "train", *FAST)
+    assert rc == 0 and len(recs) == 1
+    r = recs[0]
+    missing = [k for k in REQUIRED if k not in r]
+    assert not missing, missing
+    assert r["status"] == "ok" and r["dataset"] == "synthetic" and r["mode"] == "train"
+    assert r["img_per_s"] > 0 and r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
+    assert r["gflop_per_s"] == pytest.approx(r["lstm_gflop_per_batch"] * r["img_per_s"] / 32)
+    assert isinstance(r["noisy"], bool) and r["backend"] in ("onednn-rnn", "aten-lstm-cpu")
+    assert "test_acc" not in r  # synthetic data never reports an accuracy
+
+
+@pytest.mark.parametrize("impl,backend", [("naive", "python-loop:aten-ops"), ("lstmcell", "python-loop:lstm-cell")])
+def test_infer_trial_records_loop_backends(capsys, impl, backend):
+    rc, (r,) = run_json(capsys, "--seq", "patch", "--patch-size", "8", "--impl", impl, "--mode", "infer", *FAST)
+    assert rc == 0 and r["backend"] == backend and r["patch_size"] == 8
+
+
+def test_trial_table_is_readable(capsys):
+    assert main(["trial", "--seq", "column", "--impl", "naive", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("column/h16x1/naive/b32/float32") and "img_per_s" in out
+
+
+def test_trial_on_a_written_cifar_copy_records_the_copy(capsys, tiny_cifar):
+    rc, (r,) = run_json(capsys, "--data", "cifar10", "--data-root", str(tiny_cifar), "--allow-unofficial-data", *FAST)
+    assert rc == 0 and r["dataset"].startswith("unofficial:")
+
+
+def one_line_error(capsys, argv, expected):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert expected in err, err
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--seq", "spiral"], "unknown seq 'spiral'"),
+    (["--impl", "turbo"], "unknown impl 'turbo'"),
+    (["--hidden-size", "0"], "hidden_size must be a positive integer"),
+    (["--hidden-size", "-8"], "hidden_size must be a positive integer"),
+    (["--seq", "patch", "--patch-size", "5"], "does not divide 32"),
+    (["--hidden-size", "big"], "invalid int value: 'big'"),
+    (["--mode", "fly"], "unknown mode 'fly'"),
+    (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+])
+def test_bad_flags_one_line(capsys, argv, expected):
+    one_line_error(capsys, ["trial", *argv], expected)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_one_line(capsys):
+    one_line_error(capsys, ["trial", "--device", "cuda"], "CUDA is not available")
+
+
+def test_missing_dataset_one_line(capsys, tmp_path):
+    one_line_error(capsys, ["trial", "--data", "cifar10", "--data-root", str(tmp_path)], str(tmp_path))
+
+
+def test_corrupt_dataset_one_line(capsys, tiny_cifar, tmp_path):
+    import shutil
+    bad = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(tiny_cifar / "cifar-10-batches-py", bad)
+    data = (bad / "data_batch_3").read_bytes()
+    (bad / "data_batch_3").write_bytes(data[: len(data) // 2])
+    one_line_error(capsys, ["trial", "--data", "cifar10", "--data-root", str(tmp_path), "--allow-unofficial-data"],
+                   "data_batch_3")
+
+
+def test_hostile_pickle_one_line_and_not_run(capsys, tiny_cifar, tmp_path):
+    import os
+    import shutil
+    bad = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(tiny_cifar / "cifar-10-batches-py", bad)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (bad / "test_batch").write_bytes(pickle.dumps({"data": Evil()}, protocol=2))
+    one_line_error(capsys, ["trial", "--data", "cifar10", "--data-root", str(tmp_path), "--allow-unofficial-data"],
+                   "refusing pickle global")
+    assert not marker.exists()
+
+
+def test_unofficial_copy_refused_without_permission(capsys, tiny_cifar):
+    one_line_error(capsys, ["trial", "--data", "cifar10", "--data-root", str(tiny_cifar)], "--allow-unofficial-data")
+
+
+def test_check_command_reports_every_seq_and_impl(capsys):
+    rc = main(["check", "--hidden-size", "8", "--json"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 0
+    assert {(r["seq"], r["impl"]) for r in rows} == {(s, i) for s in ("row", "column", "pixel", "patch2", "patch4",
+                                                                      "patch8", "cnn") for i in ("naive", "lstmcell")}
+    assert all(r["max_rel_error"] < 1e-5 and r["ok"] for r in rows)
