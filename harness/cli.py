@@ -149,6 +149,50 @@ def cmd_check(a) -> int:
     return 0
 
 
+def cmd_validate(a) -> int:
+    from .suites import load_suite
+    suite = load_suite(a.suite)
+    print(f"{a.suite}: ok, {len(suite.trials)} trials")
+    return 0
+
+
+def cmd_run(a) -> int:
+    from .suites import format_plan, load_suite
+    suite = load_suite(a.suite)
+    if a.dry_run:
+        print(format_plan(suite))
+        return 0
+    from .cluster import run_suite
+    from .results import format_table, read_records
+    outcome = run_suite(suite, out_dir=a.out, address=a.address, resume=a.resume, data_root=a.data_root,
+                        allow_unofficial=a.allow_unofficial_data, download=a.download,
+                        skip_infeasible=a.skip_infeasible, progress=not a.no_progress, num_cpus=a.num_cpus)
+    resume_cmd = f"lstm-bench run {a.suite} --resume {outcome.run_dir.name}" + (
+        f" --out {a.out}" if a.out != "results" else "") + (f" --address {a.address}" if a.address else "")
+    if outcome.interrupted:
+        print(f"interrupted: {outcome.ok} ok, {outcome.failed} failed of {outcome.planned}; kept in "
+              f"{outcome.run_dir}\nresume with: {resume_cmd}", file=sys.stderr)
+        return 130
+    if not a.quiet:
+        print(format_table(read_records(outcome.run_dir)))
+    print(f"{suite.name}: {outcome.planned} planned, {outcome.ok} ok, {outcome.failed} failed"
+          f"{f', {outcome.skipped} already ok before resume' if outcome.skipped else ''} -> {outcome.run_dir}")
+    if outcome.failed:
+        print(f"rerun the failed trials with: {resume_cmd}", file=sys.stderr)
+    return 0 if outcome.failed == 0 else EXIT_FAILED
+
+
+def cmd_results(a) -> int:
+    from .results import format_table, read_records
+    df = read_records(a.run_dir)
+    if a.json:
+        for rec in df.to_dict(orient="records"):
+            print(to_json(rec))
+    else:
+        print(format_table(df))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="lstm-bench", description="Benchmark and profile LSTM variants on CIFAR-10, on Ray.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -166,12 +210,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
 
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    v = sub.add_parser("validate", help="validate a suite file; runs nothing")
+    v.add_argument("suite")
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("run", help="sweep a suite on Ray (embedded local Ray unless --address)")
+    r.add_argument("suite")
+    r.add_argument("--address", default=None, help="HOST:PORT, auto, or ray://HOST:10001 (default: a new local Ray)")
+    r.add_argument("--dry-run", action="store_true", help="list the trials and the resources each needs")
+    r.add_argument("--resume", metavar="RUN_ID", default=None, help="run only the trials of RUN_ID not already ok")
+    r.add_argument("--out", default="results", help="results folder (default: results)")
+    r.add_argument("--skip-infeasible", action="store_true",
+                   help="record trials needing resources no node has as infeasible and run the rest")
+    r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="do not print the results table at the end")
+    add_data_flags(r)
+    r.set_defaults(func=cmd_run)
+
+    res = sub.add_parser("results", help="print a run's results as a table")
+    res.add_argument("run_dir")
+    res.add_argument("--json", action="store_true")
+    res.set_defaults(func=cmd_results)
     return p
-
-
-EXTRA_COMMANDS: list = []  # later modules (run, results, report, profile) add their subcommands here
 
 
 def main(argv: list[str] | None = None) -> int:

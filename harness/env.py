@@ -47,7 +47,8 @@ def node_ip() -> str:
     try:
         import ray
         if ray.is_initialized():
-            return ray.util.get_node_ip_address()
+            from .cluster import node_ip_of_this_worker
+            return node_ip_of_this_worker()
     except Exception:
         pass
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 from .errors import SpecError
@@ -42,18 +43,20 @@ class TrainConfig:
         _one_of("normalize", self.normalize, NORMALIZE)
         _positive("lr", self.lr, number=True)
         _positive("epochs", self.epochs)
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise SpecError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.warmup_epochs, (int, float)) or self.warmup_epochs < 0:
-            raise SpecError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        for name in ("weight_decay", "warmup_epochs"):
+            value = getattr(self, name)
+            if not _number(value) or value < 0:
+                raise SpecError(f"{name} must be a number >= 0, got {value!r}")
         if self.grad_clip is not None:
             _positive("grad_clip", self.grad_clip, number=True)
-        if not isinstance(self.label_smoothing, (int, float)) or not 0 <= self.label_smoothing < 1:
+        if not _number(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
             raise SpecError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.train_subset is not None:
             _positive("train_subset", self.train_subset)
+        if not isinstance(self.target_accuracy, tuple):
+            raise SpecError(f"target_accuracy must be a list of fractions, got {self.target_accuracy!r}")
         for t in self.target_accuracy:
-            if not isinstance(t, (int, float)) or not 0 < t <= 1:
+            if not _number(t) or not 0 < t <= 1:
                 raise SpecError(f"target_accuracy values are fractions in (0, 1], got {t!r}")
 
 
@@ -73,14 +76,14 @@ class TrialSpec:
     def __post_init__(self):
         _one_of("mode", self.mode, MODES)
         _one_of("data", self.data, DATA)
-        if not (self.device == "cpu" or self.device == "cuda"
+        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device == "cuda"
                 or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise SpecError(f"unknown device {self.device!r} (cpu, cuda or cuda:N)")
         if self.threads is not None:
             _positive("threads", self.threads)
         _positive("time_budget_s", self.time_budget_s, number=True)
         if self.mode == "accuracy" and self.data == "synthetic":
-            raise SpecError("mode accuracy needs real data (--data cifar10): synthetic data has no accuracy")
+            raise SpecError("mode accuracy needs data cifar10: synthetic data has no accuracy")
 
     def identity(self) -> dict:
         """The fields that make two trials the same trial (the time budget and suite name do not)."""
@@ -122,6 +125,10 @@ class TrialSpec:
                    train=TrainConfig(**train), **{k: v for k, v in d.items() if k in sf})
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _one_of(name, value, choices):
     if value not in choices:
         raise SpecError(f"unknown {name} {value!r} (choose from {', '.join(choices)})")
@@ -129,5 +136,5 @@ def _one_of(name, value, choices):
 
 def _positive(name, value, number=False):
     types = (int, float) if number else (int,)
-    if isinstance(value, bool) or not isinstance(value, types) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, types) or not math.isfinite(value) or value <= 0:
         raise SpecError(f"{name} must be a positive {'number' if number else 'integer'}, got {value!r}")

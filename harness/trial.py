@@ -9,6 +9,8 @@ duration_s, plus the environment fields (harness/env.py).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import datetime as dt
 import math
 import time
@@ -131,6 +133,10 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(device)
             self.base = torch.cuda.memory_allocated(device)
         else:
+            # Memory freed by an earlier trial in this (reused) worker stays in malloc's heap and would be
+            # reused without raising RSS: hand it back to the OS first, then reset the peak-RSS mark.
+            gc.collect()
+            _malloc_trim()
             with contextlib.suppress(OSError):
                 Path("/proc/self/clear_refs").write_text("5")
             self.base = _proc_status_kb("VmRSS")
@@ -140,6 +146,13 @@ class PeakMemory:
             return (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
         hwm = _proc_status_kb("VmHWM")
         return None if hwm is None or self.base is None else max(0, hwm - self.base) / 1024
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _proc_status_kb(key: str) -> int | None:

@@ -29,6 +29,7 @@ SEQS = ("row", "column", "pixel", "patch", "cnn")
 IMPLS = ("cudnn", "naive", "lstmcell")
 DTYPES = ("float32", "bfloat16")
 PATCH_SIZES = (2, 4, 8)
+LIMITS = {"hidden_size": 65536, "num_layers": 64, "batch_size": 1 << 20}  # sanity bounds, not targets
 CNN_CHANNELS = 64  # conv stem: 3 -> 32 -> 64, pool, 64, pool => 64 x 8 x 8; the 8 rows become 8 steps of 512
 
 
@@ -75,12 +76,14 @@ def validate_variant(v: Variant) -> None:
         value = getattr(v, name)
         _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
                f"{name} must be a positive integer, got {value!r}")
+        _check(value <= LIMITS[name], f"{name} {value} is beyond what this harness sweeps (at most {LIMITS[name]})")
     _check(isinstance(v.bidirectional, bool), f"bidirectional must be true or false, got {v.bidirectional!r}")
-    _check(isinstance(v.dropout, (int, float)) and 0.0 <= v.dropout < 1.0,
+    _check(isinstance(v.dropout, (int, float)) and not isinstance(v.dropout, bool) and 0.0 <= v.dropout < 1.0,
            f"dropout must be in [0, 1), got {v.dropout!r}")
     if v.seq == "patch":
         _check(v.patch_size is not None, "seq patch needs a patch size (2, 4 or 8)")
-        _check(isinstance(v.patch_size, int) and v.patch_size > 0 and 32 % v.patch_size == 0,
+        _check(isinstance(v.patch_size, int) and not isinstance(v.patch_size, bool) and v.patch_size > 0
+               and 32 % v.patch_size == 0,
                f"patch size {v.patch_size!r} does not divide 32 (choose from 2, 4, 8)")
         _check(v.patch_size in PATCH_SIZES, f"patch size {v.patch_size} gives "
                f"{(32 // v.patch_size) ** 2} steps; choose from 2, 4, 8")
