@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 
 from .errors import HarnessError
@@ -164,6 +165,10 @@ def cmd_run(a) -> int:
         return 0
     from .cluster import run_suite
     from .results import format_table, read_records
+    # Ctrl-C (and SIGTERM, e.g. a cancelled Ray job) stop submitting and keep what finished. A shell starts
+    # background jobs with SIGINT ignored; restore the default so Ctrl-C always reaches us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     outcome = run_suite(suite, out_dir=a.out, address=a.address, resume=a.resume, data_root=a.data_root,
                         allow_unofficial=a.allow_unofficial_data, download=a.download,
                         skip_infeasible=a.skip_infeasible, progress=not a.no_progress, num_cpus=a.num_cpus)

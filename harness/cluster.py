@@ -27,6 +27,10 @@ MAX_RETRIES = 3  # for tasks lost with a worker process or node (system failures
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None):
     """No address: a new embedded Ray on loopback, dashboard off. Otherwise join the cluster at `address`
     (HOST:PORT, 'auto', or ray://HOST:10001 through Ray Client)."""
+    if address is None:
+        # Without this (read when Ray is imported) Ray 2.60 on Linux replaces node IP 127.0.0.1 with the
+        # interface address and its servers listen on every interface; with it everything stays on loopback.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
     if ray.is_initialized():
         return ray.get_runtime_context()
@@ -35,9 +39,6 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
     env["LSTM_BENCH_COMMIT"] = git_commit()  # workers may run an installed copy without .git
     try:
         if address is None:
-            # Without this Ray 2.60 on Linux replaces node IP 127.0.0.1 with the interface address and its
-            # servers listen on every interface; with it everything stays on loopback.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             # address="local": always a new instance, never whatever RAY_ADDRESS or /tmp/ray names.
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                      num_cpus=num_cpus, num_gpus=num_gpus, log_to_driver=False, configure_logging=True,
@@ -142,8 +143,6 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
               resume: str | None = None, data_root: str | None = None, allow_unofficial: bool = False,
               download: bool = False, skip_infeasible: bool = False, progress: bool = True,
               num_cpus: int | None = None, max_retries: int = MAX_RETRIES) -> RunOutcome:
-    import ray
-
     run_id = resume or new_run_id()
     run_dir = Path(out_dir) / suite.name / run_id
     store = RunStore(run_dir)
@@ -159,7 +158,8 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
                    if r.get("status") == "ok"}
     todo = [s for s in suite.trials if s.trial_id not in done_before]
 
-    connect(address, num_cpus=num_cpus)
+    connect(address, num_cpus=num_cpus)  # first: it sets up the environment Ray reads on import
+    import ray
     nodes = cluster_nodes()
     requests = {s.trial_id: trial_resources(s, suite.cpus_per_trial) for s in todo}
     infeasible = [s for s in todo if not fits(requests[s.trial_id], nodes)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import datetime as dt
 import math
 import time
@@ -135,7 +134,6 @@ class PeakMemory:
         else:
             # Memory freed by an earlier trial in this (reused) worker stays in malloc's heap and would be
             # reused without raising RSS: hand it back to the OS first, then reset the peak-RSS mark.
-            gc.collect()
             _malloc_trim()
             with contextlib.suppress(OSError):
                 Path("/proc/self/clear_refs").write_text("5")

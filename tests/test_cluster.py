@@ -1,0 +1,145 @@
+"""Sweeps through Ray on loopback clusters: trials on every node, a node lost mid-sweep, a driver killed
+mid-sweep and resumed. Each test prints planned / ok / failed / lost counts (lost must be 0)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray starts: nodes stay on 127.0.0.1
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from harness.cluster import run_suite  # noqa: E402
+from harness.results import read_jsonl  # noqa: E402
+from harness.suites import load_suite  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def write_suite(tmp_path: Path, name: str, n_hidden=(8, 16), budget=0.5, data="synthetic", **extra) -> Path:
+    suite = {"name": name, "axes": {"hidden_size": list(n_hidden), "impl": ["cudnn", "naive", "lstmcell"]},
+             "fixed": {"seq": "row", "num_layers": 1, "batch_size": 16}, "modes": ["train", "infer"],
+             "devices": ["cpu"], "cpus_per_trial": 1, "time_budget_s": budget, "data": data, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def counts(run_dir: Path, planned: int) -> dict:
+    records, torn = read_jsonl(run_dir / "trials.jsonl")
+    per_trial = Counter(r["trial_id"] for r in records if r["status"] == "ok")
+    c = {"planned": planned, "ok": len(per_trial), "failed": sum(r["status"] != "ok" for r in records),
+         "lost": planned - len(per_trial), "duplicates": sum(n - 1 for n in per_trial.values()), "torn": torn}
+    print(f"\n{run_dir.name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    return c
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}})
+    c.add_node(num_cpus=1, resources={"node_b": 1})
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_two_node_sweep_uses_both_nodes_and_shares_data_through_object_store(cluster, tmp_path, tiny_cifar):
+    from harness.cifar import load_cifar10
+    suite = load_suite(write_suite(tmp_path, "two-node", data="cifar10"))
+    out = run_suite(suite, out_dir=tmp_path / "results", address=cluster.address, progress=False,
+                    data_root=str(tiny_cifar), allow_unofficial=True)
+    c = counts(out.run_dir, len(suite.trials))
+    assert c["ok"] == c["planned"] == 12 and c["lost"] == 0 and c["duplicates"] == 0
+    records, _ = read_jsonl(out.run_dir / "trials.jsonl")
+    nodes = Counter(r["node_id"] for r in records)
+    print("trials per node:", dict(nodes))
+    assert len(nodes) == 2, "every trial ran on one node"
+    assert {r["node_ip"] for r in records} == {"127.0.0.1"}
+    # The workers got the driver's copy through the object store (the tiny set, not a copy they found).
+    tag = load_cifar10(str(tiny_cifar), allow_unofficial=True).source
+    assert {r["dataset"] for r in records} == {tag}
+    meta = json.loads((out.run_dir / "run.json").read_text())
+    assert meta["ok"] == 12 and meta["failed"] == 0 and len(meta["nodes"]) == 2
+    assert (out.run_dir / "trials.parquet").exists()
+
+
+def test_node_removed_mid_sweep_every_trial_ok_exactly_once(tmp_path):
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    doomed = c.add_node(num_cpus=1, resources={"doomed": 1})
+    c.wait_for_nodes()
+    try:
+        suite = load_suite(write_suite(tmp_path, "node-loss", n_hidden=(8, 16, 24), budget=1.0))
+        run_dir_holder = {}
+
+        def remove_when_busy():
+            # wait until the sweep has results, then take the second node away with its running trial
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                runs = list((tmp_path / "results" / "node-loss").glob("*/trials.jsonl"))
+                if runs and len(runs[0].read_text().splitlines()) >= 3:
+                    run_dir_holder["removed_at"] = len(runs[0].read_text().splitlines())
+                    c.remove_node(doomed)
+                    return
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=remove_when_busy)
+        killer.start()
+        out = run_suite(suite, out_dir=tmp_path / "results", address=c.address, progress=False)
+        killer.join()
+        assert "removed_at" in run_dir_holder, "the node was never removed"
+        cnt = counts(out.run_dir, len(suite.trials))
+        assert cnt["lost"] == 0 and cnt["duplicates"] == 0 and cnt["failed"] == 0
+        assert cnt["ok"] == len(suite.trials) == 18
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def test_driver_killed_then_resume_completes_without_rerunning_ok_trials(tmp_path):
+    path = write_suite(tmp_path, "killed", n_hidden=(8, 16, 24), budget=1.0)
+    suite = load_suite(path)
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(out), "--no-progress", "--quiet",
+           "--num-cpus", "2"]
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    driver = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        trials = None
+        while time.time() < deadline:
+            found = list(out.glob("killed/*/trials.jsonl"))
+            if found and len(found[0].read_text().splitlines()) >= 4:
+                trials = found[0]
+                break
+            time.sleep(0.2)
+        assert trials is not None, "the driver wrote no results in time"
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded Ray it started
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    before, _ = read_jsonl(trials)
+    ok_before = {r["trial_id"]: r["started_at"] for r in before if r["status"] == "ok"}
+    assert 4 <= len(ok_before) < len(suite.trials)
+
+    run_id = trials.parent.name
+    res = subprocess.run(cmd + ["--resume", run_id], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    c = counts(trials.parent, len(suite.trials))
+    assert c["lost"] == 0 and c["duplicates"] == 0 and c["ok"] == len(suite.trials)
+    after, _ = read_jsonl(trials)
+    for r in after:  # trials that were ok before the kill were not run again
+        if r["trial_id"] in ok_before:
+            assert r["started_at"] == ok_before[r["trial_id"]]
+    meta = json.loads((trials.parent / "run.json").read_text())
+    assert meta["skipped_already_ok"] == len(ok_before) and meta["status"] == "finished"
