@@ -184,7 +184,33 @@ def cmd_run(a) -> int:
           f"{f', {outcome.skipped} already ok before resume' if outcome.skipped else ''} -> {outcome.run_dir}")
     if outcome.failed:
         print(f"rerun the failed trials with: {resume_cmd}", file=sys.stderr)
+    if a.report:
+        md = write_report([outcome.run_dir], outcome.run_dir / "report",
+                          argv=["report", str(outcome.run_dir)])
+        print(f"report: {md} (and report.html, tables/*.csv, plots/*.png beside it)")
     return 0 if outcome.failed == 0 else EXIT_FAILED
+
+
+def write_report(run_dirs: list, out, compare=None, argv=None) -> "Path":
+    import shlex
+    from pathlib import Path
+    from .report import build_report
+    command = "lstm-bench " + " ".join(shlex.quote(x) for x in (argv or []))
+    return build_report([Path(p) for p in run_dirs], Path(out), compare=Path(compare) if compare else None,
+                        command=command)
+
+
+def cmd_report(a) -> int:
+    from pathlib import Path
+    if a.out:
+        out = Path(a.out)
+    elif len(a.run_dirs) == 1:
+        out = Path(a.run_dirs[0]) / "report"
+    else:
+        raise HarnessError("report: give --out DIR when reporting on several runs")
+    md = write_report(a.run_dirs, out, a.compare, a._argv)
+    print(f"report: {md}\n        {out / 'report.html'}\n        {out / 'tables'}/")
+    return 0
 
 
 def cmd_results(a) -> int:
@@ -230,8 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--quiet", action="store_true", help="do not print the results table at the end")
+    r.add_argument("--report", action="store_true", help="write RUN_DIR/report/ (markdown, HTML, CSV, plots) at the end")
     add_data_flags(r)
     r.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="markdown + HTML report, CSV tables and plots for one or more runs")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--compare", metavar="BASELINE_RUN_DIR", default=None)
+    rep.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one run)")
+    rep.set_defaults(func=cmd_report)
 
     res = sub.add_parser("results", help="print a run's results as a table")
     res.add_argument("run_dir")
@@ -243,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args._argv = list(argv) if argv is not None else sys.argv[1:]
         return args.func(args)
     except HarnessError as exc:
         print(f"lstm-bench: error: {exc}", file=sys.stderr)
