@@ -80,7 +80,8 @@ def spec_from_args(a) -> "TrialSpec":
 TRIAL_TABLE = (("trial_id", "{}"), ("mode", "{}"), ("device", "{}"), ("backend", "{}"), ("status", "{}"),
                ("img_per_s", "{:,.1f}"), ("img_per_s_iqr", "{:,.1f}"), ("latency_ms_p50", "{:.2f}"),
                ("latency_ms_p90", "{:.2f}"), ("latency_ms_p99", "{:.2f}"), ("peak_mem_mb", "{:,.1f}"),
-               ("gflop_per_s", "{:,.2f}"), ("noisy", "{}"), ("noise_reasons", "{}"), ("test_acc", "{:.4f}"),
+               ("gflop_per_s", "{:,.2f}"), ("launches_per_step", "{:,.0f}"), ("gemm_share", "{:.3f}"),
+               ("top_kernel", "{}"), ("noisy", "{}"), ("noise_reasons", "{}"), ("test_acc", "{:.4f}"),
                ("best_test_acc", "{:.4f}"), ("epochs_run", "{}"), ("dataset", "{}"), ("threads", "{}"),
                ("gpu_name", "{}"), ("duration_s", "{:.1f}"), ("error", "{}"))
 
@@ -117,11 +118,37 @@ def to_json(record: dict) -> str:
 def cmd_trial(a) -> int:
     from .trial import run_trial
     spec = spec_from_args(a)
+    if spec.mode == "profile":
+        raise HarnessError("trial --mode profile: use `lstm-bench profile ... --out DIR` (traces need a folder)")
     record = run_trial(spec, data_root=a.data_root, allow_unofficial=a.allow_unofficial_data, download=a.download)
     print(to_json(record) if a.json else format_record(record), flush=True)
     if record["status"] != "ok":
         print(f"lstm-bench: trial {record['trial_id']} failed: {record.get('error')}", file=sys.stderr)
         return EXIT_FAILED
+    return 0
+
+
+def cmd_profile(a) -> int:
+    import dataclasses
+    from pathlib import Path
+    from .profile import consolidate_kernels, store_profile
+    from .results import RunStore
+    from .trial import run_trial
+    spec = dataclasses.replace(spec_from_args(a), mode="profile")
+    out = Path(a.out)
+    record = run_trial(spec, data_root=a.data_root, allow_unofficial=a.allow_unofficial_data, download=a.download)
+    record = store_profile(out, record)  # out/profiles/<trial_id>/{trace, kernels.parquet}
+    store = RunStore(out).open()
+    try:
+        store.append(record)  # out/trials.jsonl, so `lstm-bench results/report DIR` work on it
+    finally:
+        store.close()
+    consolidate_kernels(out)
+    print(to_json(record) if a.json else format_record(record), flush=True)
+    if record["status"] != "ok":
+        print(f"lstm-bench: trial {record['trial_id']} failed: {record.get('error')}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"trace: tensorboard --logdir {out / 'profiles'}; kernels: {out / 'kernels.parquet'}", file=sys.stderr)
     return 0
 
 
@@ -233,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_flags(t)
     t.add_argument("--json", action="store_true", help="one JSON record per line on stdout")
     t.set_defaults(func=cmd_trial)
+
+    pr = sub.add_parser("profile", help="profile one trial's training steps: TensorBoard trace + kernels.parquet")
+    add_trial_flags(pr)
+    add_data_flags(pr)
+    pr.add_argument("--out", required=True, metavar="DIR",
+                    help="writes DIR/profiles/<trial_id>/*.pt.trace.json.gz, DIR/kernels.parquet, DIR/trials.jsonl")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_profile)
 
     c = sub.add_parser("check", help="do cudnn, naive and lstmcell compute the same function here?")
     c.add_argument("--device", default="cpu")

@@ -22,6 +22,7 @@ from .spec import TrialSpec
 from .suites import Suite, trial_resources
 
 MAX_RETRIES = 3  # for tasks lost with a worker process or node (system failures), not for trial errors
+HANG_GRACE_S = 120.0
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None):
@@ -37,6 +38,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
     env = {"KINETO_LOG_LEVEL": os.environ.get("KINETO_LOG_LEVEL", "6")}
     from .env import git_commit
     env["LSTM_BENCH_COMMIT"] = git_commit()  # workers may run an installed copy without .git
+    if "LSTM_BENCH_FAULT" in os.environ:  # fault-injection hook for the tests
+        env["LSTM_BENCH_FAULT"] = os.environ["LSTM_BENCH_FAULT"]
     try:
         if address is None:
             # address="local": always a new instance, never whatever RAY_ADDRESS or /tmp/ray names.
@@ -79,11 +82,30 @@ def node_ip_of_this_worker() -> str:
         return ray.util.get_node_ip_address()
 
 
-def _trial_task(spec_flat: dict, arrays, options: dict) -> dict:
+class TrialClock:
+    """A tiny actor the trials tell when they start, so the driver can time them out: Ray itself does not
+    say when a queued task begins to run."""
+
+    def __init__(self):
+        self.started: dict[str, float] = {}
+
+    def start(self, trial_id: str) -> None:
+        self.started[trial_id] = time.time()  # a retried task starts its clock again
+
+    def snapshot(self) -> dict[str, float]:
+        return dict(self.started)
+
+
+def _trial_task(spec_flat: dict, arrays, options: dict, clock=None) -> dict:
     """Runs on a Ray worker. Never raises for a trial's own problems: they come back as a failed record."""
     import ray
     from .errors import HarnessError as _HE
     from .trial import run_trial
+    if clock is not None:
+        clock.start.remote(spec_flat["trial_id"])
+    fault = os.environ.get("LSTM_BENCH_FAULT", "")  # test hook: "hang:<trial_id>" makes that trial hang
+    if fault == f"hang:{spec_flat['trial_id']}":
+        time.sleep(10**6)
     ctx = ray.get_runtime_context()
     where = {"node_id": ctx.get_node_id(), "node_ip": node_ip_of_this_worker(), "worker_pid": os.getpid()}
     spec = TrialSpec.from_flat(spec_flat)
@@ -94,6 +116,18 @@ def _trial_task(spec_flat: dict, arrays, options: dict) -> dict:
         rec.update(where, status="failed", error=str(exc), duration_s=0.0,
                    started_at=dt.datetime.now(dt.timezone.utc).isoformat())
         return rec
+
+
+def overdue(pending: dict, clock, grace_s: float):
+    """Pending trials that have run longer than grace_s + 2 x their time budget: (ref, spec, seconds)."""
+    import ray
+    try:
+        started = ray.get(clock.snapshot.remote(), timeout=10)
+    except Exception:  # the clock is best effort; a trial is never cancelled on a guess
+        return []
+    now = time.time()
+    return [(ref, spec, now - started[spec.trial_id]) for ref, spec in pending.items()
+            if spec.trial_id in started and now - started[spec.trial_id] > grace_s + 2 * spec.time_budget_s]
 
 
 @dataclass
@@ -142,7 +176,11 @@ def _hms(s: float) -> str:
 def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | None = None,
               resume: str | None = None, data_root: str | None = None, allow_unofficial: bool = False,
               download: bool = False, skip_infeasible: bool = False, progress: bool = True,
-              num_cpus: int | None = None, max_retries: int = MAX_RETRIES) -> RunOutcome:
+              num_cpus: int | None = None, max_retries: int = MAX_RETRIES,
+              hang_grace_s: float = HANG_GRACE_S) -> RunOutcome:
+    """Run every trial of `suite` not already ok in this run; records are appended as they arrive.
+    A trial still running `hang_grace_s` + 2 x its time budget after it started is cancelled and recorded
+    as status=timeout (set-up, data and backend detection happen outside the budget, hence the grace)."""
     run_id = resume or new_run_id()
     run_dir = Path(out_dir) / suite.name / run_id
     store = RunStore(run_dir)
@@ -187,6 +225,7 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
         arrays_ref = ray.put(load_cifar10(data_root, allow_unofficial=allow_unofficial, download=download))
 
     task = ray.remote(_trial_task)
+    clock = ray.remote(num_cpus=0)(TrialClock).remote()
     pending = {}
     for s in runnable:
         req = requests[s.trial_id]
@@ -194,13 +233,28 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
                            resources={k: v for k, v in req.items() if k not in ("CPU", "GPU")} or None,
                            max_retries=max_retries, retry_exceptions=False,
                            name=f"trial {s.trial_id} {s.variant.label} {s.mode}").remote(
-            s.flat(), arrays_ref, {})
+            s.flat(), arrays_ref, {}, clock)
         pending[ref] = s
 
     slots = sum(int(n["resources"].get("CPU", 0) // max(suite.cpus_per_trial, 1)) for n in nodes) or 1
     bar = Progress(len(runnable), slots, progress)
     ok = failed = 0
     interrupted = False
+
+    def record(rec: dict) -> None:
+        nonlocal ok, failed
+        if "_artifacts" in rec or "_kernels" in rec:  # profile traces came back as data: write them here
+            from .profile import store_profile
+            try:
+                rec = store_profile(run_dir, rec)
+            except HarnessError as exc:
+                rec.pop("_artifacts", None)
+                rec.pop("_kernels", None)
+                rec.update(status="failed", error=str(exc))
+        store.append(rec)
+        ok += rec.get("status") == "ok"
+        failed += rec.get("status") != "ok"
+
     try:
         bar.update(0, 0, len(pending))
         while pending:
@@ -213,16 +267,27 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
                     rec = spec.flat()
                     rec.update(status="failed", error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
                                started_at=None, duration_s=None)
-                store.append(rec)
-                ok += rec.get("status") == "ok"
-                failed += rec.get("status") != "ok"
+                record(rec)
+            for ref, spec, ran in overdue(pending, clock, hang_grace_s):
+                ray.cancel(ref, force=True)  # kills the worker process; a cancelled task is not retried
+                pending.pop(ref)
+                rec = spec.flat()
+                rec.update(status="timeout", error=f"still running {ran:.0f} s after it started "
+                           f"(time budget {spec.time_budget_s:g} s + grace): cancelled", duration_s=ran)
+                record(rec)
+                ready = True
             if ready:
                 bar.update(ok + failed, failed, len(pending))
     except KeyboardInterrupt:
         interrupted = True
-        for ref in pending:
+    except BaseException:
+        for ref in pending:  # e.g. the results file became unwritable: stop the sweep, keep what is written
             ray.cancel(ref, force=True)
+        raise
     finally:
+        if interrupted:
+            for ref in pending:
+                ray.cancel(ref, force=True)
         bar.close()
         store.close()
         meta.update({"ended_at": dt.datetime.now(dt.timezone.utc).isoformat(),
@@ -230,8 +295,14 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
                      "ok": len(done_before) + ok, "failed": failed, "infeasible": len(infeasible),
                      "skipped_already_ok": len(done_before),
                      "resources": {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}})
-        store.write_meta(meta)
-        if not interrupted:
-            store.consolidate()
+        try:
+            store.write_meta(meta)
+            if not interrupted:
+                store.consolidate()
+                from .profile import consolidate_kernels
+                consolidate_kernels(run_dir)
+        except (OSError, HarnessError) as exc:
+            print(f"lstm-bench: could not finish {run_dir}: {exc}; trials.jsonl holds every record written",
+                  file=sys.stderr)
     return RunOutcome(run_dir=run_dir, planned=len(suite.trials), ok=len(done_before) + ok,
                       failed=failed + len(infeasible), skipped=len(done_before), interrupted=interrupted)

@@ -124,7 +124,11 @@ def run_profile(spec: TrialSpec, data, device: torch.device, *, record_shapes: b
       top_kernel              the row with the most self time
       op_time_ms_per_step     the rows' total self time per step (the denominator of every share_of_step)
       profiled_steps, profile_activities ("cpu" or "cpu+cuda"), backend, peak_mem_mb, img_per_s,
-      noisy (always True) and noise_reasons, profile_trace_files, profile_trace_bytes
+      noisy (always True) and noise_reasons, profile_trace_files, profile_trace_bytes (and, only when the trace
+      exceeded max_trace_mb and was not shipped, profile_trace_omitted)
+
+    The trial's time budget does not apply: a profile is always wait + warmup + active steps. peak_mem_mb
+    includes the profiler's own event buffers (on CPU they are part of the process's RSS).
     """
     from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
@@ -154,13 +158,12 @@ def run_profile(spec: TrialSpec, data, device: torch.device, *, record_shapes: b
         # The default worker name <host>_<pid> names the Ray worker; the handler adds .<ts>.pt.trace.json.gz.
         handler = tensorboard_trace_handler(tmp, worker_name=f"{socket.gethostname()}_{os.getpid()}",
                                             use_gzip=True)
-        with warnings.catch_warnings():  # "Profiler clears events at the end of each cycle": one cycle here
+        prof = profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=active, repeat=1),
+                       on_trace_ready=handler, record_shapes=record_shapes, profile_memory=profile_memory,
+                       with_stack=with_stack)
+        with warnings.catch_warnings(), prof:
+            # "Profiler clears events at the end of each cycle": there is one cycle here
             warnings.filterwarnings("ignore", message=".*clears events at the end of each cycle")
-            prof = profile(activities=activities,
-                           schedule=schedule(wait=wait, warmup=warmup, active=active, repeat=1),
-                           on_trace_ready=handler, record_shapes=record_shapes, profile_memory=profile_memory,
-                           with_stack=with_stack)
-        with prof:
             if first_active == 0:
                 sync()
                 t_start = time.perf_counter()
@@ -325,3 +328,58 @@ def kernels_frame(records_kernels: list[tuple[str, list[dict]]]):
     for c in ("self_device_time_us", "self_cpu_time_us", "share_of_step", "launches_per_step"):
         df[c] = pd.to_numeric(df[c]).astype("float64")
     return df
+
+
+PROFILES = "profiles"          # RUN_DIR/profiles/<trial_id>/: the trace(s) and that trial's kernels.parquet
+KERNELS = "kernels.parquet"    # RUN_DIR/kernels.parquet: every profiled trial's rows, with trial_id
+_TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
+
+
+def _write_parquet(df, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise HarnessError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def store_profile(run_dir: Path, record: dict) -> dict:
+    """On the driver, as a record arrives: pop `_artifacts` and `_kernels` from a profile record and write them
+    under run_dir/profiles/<trial_id>/ (the trace(s), and that trial's rows as kernels.parquet), replacing an
+    earlier profile of the same trial; sets `profile_dir` (relative to run_dir) on the record. A record without
+    those keys (not a profile, or a failed one) is left as it is. Returns the record, now plain JSON values."""
+    artifacts = record.pop("_artifacts", None)
+    kernels = record.pop("_kernels", None)
+    if artifacts is None and kernels is None:
+        return record
+    trial_id = _safe_name(record.get("trial_id"), "trial id")
+    dest = Path(run_dir) / PROFILES / trial_id
+    if dest.is_dir() and artifacts:  # the latest record of a trial wins: so does its trace
+        for old in dest.iterdir():
+            if old.is_file() and old.name.endswith(_TRACE_SUFFIXES) and old.name not in artifacts:
+                old.unlink()
+    dest = write_artifacts(run_dir, trial_id, artifacts or {})
+    if kernels is not None:
+        _write_parquet(kernels_frame([(trial_id, kernels)]), dest / KERNELS)
+    record["profile_dir"] = str(dest.relative_to(run_dir))
+    return record
+
+
+def consolidate_kernels(run_dir: Path) -> Path | None:
+    """run_dir/profiles/*/kernels.parquet -> run_dir/kernels.parquet (one table, trial_id first). Written per trial
+    first, so a driver that dies mid-run loses no trial's rows and --resume only adds to them. None when no trial
+    was profiled."""
+    import pandas as pd
+    parts = sorted((Path(run_dir) / PROFILES).glob(f"*/{KERNELS}"))
+    if not parts:
+        return None
+    frames = []
+    for p in parts:
+        try:
+            frames.append(pd.read_parquet(p))
+        except Exception as exc:  # a torn file: name it
+            raise HarnessError(f"{p}: unreadable ({type(exc).__name__}: {exc})") from None
+    df = pd.concat(frames, ignore_index=True) if frames else kernels_frame([])
+    return _write_parquet(df, Path(run_dir) / KERNELS)

@@ -53,7 +53,11 @@ class RunStore:
     def open(self) -> "RunStore":
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.trials_path, "a", encoding="utf-8")
+            self._fh = open(self.trials_path, "a+", encoding="utf-8")
+            if self._fh.tell() > 0:  # a crash may have torn the last line: end it, so new records stand alone
+                self._fh.seek(self._fh.tell() - 1)
+                if self._fh.read(1) != "\n":
+                    self._fh.write("\n")
         except OSError as exc:
             raise HarnessError(f"cannot write results to {self.dir}: {exc.strerror or exc}") from None
         return self

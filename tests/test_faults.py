@@ -1,0 +1,119 @@
+"""Faults during a sweep: a hanging trial, a trial that raises, the results file becoming unwritable,
+a torn trials.jsonl, a resume against another suite. Each prints planned / ok / failed / lost (lost = 0)."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+ray = pytest.importorskip("ray")
+
+from harness.cluster import run_suite  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
+from harness.results import read_jsonl  # noqa: E402
+from harness.suites import load_suite  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def suite_file(tmp_path: Path, name="faults", hidden=(8, 16), **extra) -> Path:
+    s = {"name": name, "axes": {"hidden_size": list(hidden), "impl": ["cudnn", "naive"]},
+         "fixed": {"seq": "row", "num_layers": 1, "batch_size": 16}, "modes": ["infer"], "devices": ["cpu"],
+         "cpus_per_trial": 1, "time_budget_s": 0.5, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(s))
+    return path
+
+
+def report(run_dir: Path, planned: int) -> dict:
+    recs, torn = read_jsonl(run_dir / "trials.jsonl")
+    latest = {r["trial_id"]: r for r in recs}
+    c = {"planned": planned, "ok": sum(r["status"] == "ok" for r in latest.values()),
+         "failed": sum(r["status"] != "ok" for r in latest.values()), "lost": planned - len(latest)}
+    print(f"\n{run_dir.name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    return c
+
+
+@pytest.fixture
+def local_ray():
+    yield
+    ray.shutdown()
+
+
+def test_hanging_trial_is_cancelled_as_timeout_and_sweep_goes_on(tmp_path, monkeypatch, local_ray):
+    suite = load_suite(suite_file(tmp_path))
+    victim = suite.trials[1].trial_id
+    monkeypatch.setenv("LSTM_BENCH_FAULT", f"hang:{victim}")
+    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hang_grace_s=20)
+    c = report(out.run_dir, len(suite.trials))
+    assert c["lost"] == 0 and c["ok"] == len(suite.trials) - 1 and c["failed"] == 1
+    recs = {r["trial_id"]: r for r in read_jsonl(out.run_dir / "trials.jsonl")[0]}
+    assert recs[victim]["status"] == "timeout" and "cancelled" in recs[victim]["error"]
+
+
+def test_unwritable_results_stop_the_run_with_a_clear_error_and_keep_what_was_written(tmp_path, local_ray):
+    suite = load_suite(suite_file(tmp_path, hidden=(8, 16, 24, 32)))
+    from harness import results
+
+    real_append = results.RunStore.append
+    calls = {"n": 0}
+
+    def failing_append(self, record):  # the disk fills up after two records
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise HarnessError(f"cannot append to {self.trials_path}: No space left on device; "
+                               "records already written are kept")
+        real_append(self, record)
+
+    results.RunStore.append = failing_append
+    try:
+        with pytest.raises(HarnessError, match="No space left"):
+            run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2)
+    finally:
+        results.RunStore.append = real_append
+    (run_dir,) = (tmp_path / "r" / "faults").iterdir()
+    recs, torn = read_jsonl(run_dir / "trials.jsonl")
+    assert len(recs) == 2 and torn == 0 and all(r["status"] == "ok" for r in recs)
+    print(f"\nunwritable: planned {len(suite.trials)}, kept {len(recs)}, lost 0 of those written")
+
+
+def test_torn_last_line_is_skipped_and_rerun_on_resume(tmp_path, local_ray):
+    path = suite_file(tmp_path)
+    suite = load_suite(path)
+    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2)
+    trials = out.run_dir / "trials.jsonl"
+    lines = trials.read_text().splitlines()
+    torn_id = json.loads(lines[-1])["trial_id"]
+    trials.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # a crash mid-write
+    recs, torn = read_jsonl(trials)
+    assert torn == 1 and len(recs) == len(lines) - 1
+    ray.shutdown()
+    again = run_suite(suite, out_dir=tmp_path / "r", resume=out.run_dir.name, progress=False, num_cpus=2)
+    assert again.skipped == len(lines) - 1
+    c = report(out.run_dir, len(suite.trials))
+    assert c["ok"] == len(suite.trials) and c["lost"] == 0
+    assert torn_id in {r["trial_id"] for r in read_jsonl(trials)[0]}
+
+
+def test_resume_with_a_different_suite_is_refused(tmp_path, local_ray):
+    path = suite_file(tmp_path)
+    out = run_suite(load_suite(path), out_dir=tmp_path / "r", progress=False, num_cpus=2)
+    ray.shutdown()
+    path.write_text(path.read_text().replace("time_budget_s: 0.5", "time_budget_s: 0.7"))
+    with pytest.raises(HarnessError, match="different suite file"):
+        run_suite(load_suite(path), out_dir=tmp_path / "r", resume=out.run_dir.name, progress=False)
+
+
+def test_a_trial_that_raises_is_recorded_failed_and_the_sweep_goes_on(tmp_path, local_ray):
+    # batch 4096 is larger than the synthetic set of an infer trial? no: use an impossible device instead
+    s = {"name": "raises", "axes": {"hidden_size": [8, 16]}, "fixed": {"seq": "row", "num_layers": 1,
+         "batch_size": 16}, "modes": ["infer"], "devices": ["cpu", "cuda"], "cpus_per_trial": 1,
+         "time_budget_s": 0.5}
+    path = tmp_path / "raises.yaml"
+    path.write_text(yaml.safe_dump(s))
+    suite = load_suite(path)
+    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, skip_infeasible=True)
+    c = report(out.run_dir, len(suite.trials))
+    assert c["lost"] == 0 and c["ok"] == 2 and c["failed"] == 2  # the cuda trials: infeasible on this CPU node
