@@ -53,7 +53,7 @@ class DeviceData:
     def train_epoch(self, batch_size: int, *, augment: str = "none", generator: torch.Generator | None = None,
                     drop_last: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One pass over the training set in a random order, augmented on the device."""
-        order = torch.randperm(self.n_train, device="cpu", generator=generator).to(self.device)
+        order = to_device(torch.randperm(self.n_train, device="cpu", generator=generator), self.device)
         stop = self.n_train - (self.n_train % batch_size if drop_last else 0)
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]
@@ -73,6 +73,14 @@ class DeviceData:
             yield from self.train_epoch(batch_size, augment=augment, generator=generator)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Random draws are made on the CPU (so a seed fixes them on any device); on CUDA they go over from pinned
+    memory without blocking, so the GPU's queue never drains waiting for them."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
 def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator | None = None,
                   pad: int = 4) -> torch.Tensor:
     """Random horizontal flip and/or random crop after `pad` pixels of reflect padding, for a whole batch at
@@ -80,12 +88,12 @@ def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator | No
     if augment == "none":
         return x
     b = x.shape[0]
-    flip = torch.rand(b, generator=generator).to(x.device) < 0.5
+    flip = to_device(torch.rand(b, generator=generator), x.device) < 0.5
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
     if augment == "flip-crop":
         padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+        dy = to_device(torch.randint(0, 2 * pad + 1, (b,), generator=generator), x.device)
+        dx = to_device(torch.randint(0, 2 * pad + 1, (b,), generator=generator), x.device)
         ar = torch.arange(32, device=x.device)
         rows = (dy.view(b, 1) + ar).view(b, 1, 32, 1)
         cols = (dx.view(b, 1) + ar).view(b, 1, 1, 32)

@@ -105,7 +105,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-class _CpuAccount:
+class CpuAccount:
     """CPU seconds spent by the whole machine and by this process, to tell how much others took."""
 
     def __init__(self):
@@ -144,7 +144,7 @@ def measure(step: Callable[[], object], *, batch_size: int, device: torch.device
     warm_time = time.perf_counter() - t0
     n = max(1, round(block_s / max(last, 1e-6)))
 
-    account = _CpuAccount()
+    account = CpuAccount()
     blocks, steps = [], []
     deadline = t0 + budget_s
     exhausted = False
