@@ -224,16 +224,16 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
         from .cifar import load_cifar10
         arrays_ref = ray.put(load_cifar10(data_root, allow_unofficial=allow_unofficial, download=download))
 
-    task = ray.remote(_trial_task)
+    # GPU and profile trials get a fresh worker process each (max_calls=1): a CUDA context, caching allocator
+    # or profiler state left by the previous trial must not colour this one. CPU timing trials reuse workers
+    # (a new process costs ~2 s of torch import per trial).
+    reused, fresh = ray.remote(_trial_task), ray.remote(max_calls=1)(_trial_task)
     clock = ray.remote(num_cpus=0)(TrialClock).remote()
     pending = {}
     for s in runnable:
         req = requests[s.trial_id]
-        # GPU and profile trials get a fresh worker process each (Ray's default for GPU tasks, made explicit):
-        # a CUDA context, caching allocator or profiler state left by the previous trial must not colour this
-        # one. CPU timing trials reuse workers (a new process costs ~2 s of torch import per trial).
-        fresh = s.device.startswith("cuda") or s.mode == "profile"
-        ref = task.options(num_cpus=req.get("CPU", 1), num_gpus=req.get("GPU", 0), max_calls=1 if fresh else 0,
+        task = fresh if s.device.startswith("cuda") or s.mode == "profile" else reused
+        ref = task.options(num_cpus=req.get("CPU", 1), num_gpus=req.get("GPU", 0),
                            resources={k: v for k, v in req.items() if k not in ("CPU", "GPU")} or None,
                            max_retries=max_retries, retry_exceptions=False,
                            name=f"trial {s.trial_id} {s.variant.label} {s.mode}").remote(

@@ -143,3 +143,24 @@ def test_driver_killed_then_resume_completes_without_rerunning_ok_trials(tmp_pat
             assert r["started_at"] == ok_before[r["trial_id"]]
     meta = json.loads((trials.parent / "run.json").read_text())
     assert meta["skipped_already_ok"] == len(ok_before) and meta["status"] == "finished"
+
+
+def test_profiles_made_on_workers_come_back_to_the_driver(cluster, tmp_path):
+    import pandas as pd
+    path = tmp_path / "prof.yaml"
+    path.write_text(yaml.safe_dump({"name": "prof", "axes": {"impl": ["cudnn", "naive"]},
+                                    "fixed": {"seq": "row", "hidden_size": 16, "num_layers": 1, "batch_size": 8},
+                                    "modes": ["profile"], "devices": ["cpu"], "cpus_per_trial": 1}))
+    suite = load_suite(path)
+    out = run_suite(suite, out_dir=tmp_path / "results", address=cluster.address, progress=False)
+    c = counts(out.run_dir, len(suite.trials))
+    assert c["ok"] == 2 and c["lost"] == 0
+    records, _ = read_jsonl(out.run_dir / "trials.jsonl")
+    assert all("_artifacts" not in r and "_kernels" not in r for r in records)  # bytes never reach the JSONL
+    for r in records:
+        traces = list((out.run_dir / "profiles" / r["trial_id"]).glob("*.pt.trace.json*"))
+        assert traces and traces[0].stat().st_size > 1000
+    kernels = pd.read_parquet(out.run_dir / "kernels.parquet")
+    assert set(kernels["trial_id"]) == {r["trial_id"] for r in records}
+    by_impl = {r["impl"]: r["launches_per_step"] for r in records}
+    assert by_impl["naive"] > 3 * by_impl["cudnn"]
