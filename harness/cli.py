@@ -18,7 +18,8 @@ EXIT_FAILED = 1
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):  # argparse prints usage + message over several lines; we print one
-        raise HarnessError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("lstm-bench").strip()
+        raise HarnessError(f"{command}: {message}" if command else message)
 
 
 def add_trial_flags(p: argparse.ArgumentParser) -> None:
@@ -158,6 +159,11 @@ def cmd_profile(a) -> int:
 def cmd_check(a) -> int:
     from .parity import check
     from .trial import resolve_device
+    if a.tolerance is not None and not (math.isfinite(a.tolerance) and a.tolerance >= 0):
+        raise HarnessError(f"check: --tolerance must be a finite number >= 0, got {a.tolerance}")
+    if not 1 <= a.hidden_size <= 1024:
+        raise HarnessError(f"check: --hidden-size must be in 1..1024 (a parity check needs no big model), "
+                           f"got {a.hidden_size}")
     device = resolve_device(a.device)
     if a.tolerance is None:
         a.tolerance = 1e-5 if device.type == "cpu" else 1e-4
@@ -191,6 +197,8 @@ def cmd_validate(a) -> int:
 
 def cmd_run(a) -> int:
     from .suites import format_plan, load_suite
+    if a.num_cpus is not None and a.num_cpus < 1:
+        raise HarnessError(f"run: --num-cpus must be at least 1, got {a.num_cpus}")
     suite = load_suite(a.suite)
     if a.dry_run:
         print(format_plan(suite))
@@ -321,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         args._argv = list(argv) if argv is not None else sys.argv[1:]
         return args.func(args)
     except HarnessError as exc:
-        print(f"lstm-bench: error: {exc}", file=sys.stderr)
+        print(f"lstm-bench: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, always
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("lstm-bench: interrupted", file=sys.stderr)

@@ -144,7 +144,10 @@ def read_records(run_dir: str | Path) -> pd.DataFrame:
         raise HarnessError(f"{run_dir}: no such run directory")
     records, _ = read_jsonl(run_dir / TRIALS)
     if not records and (run_dir / PARQUET).exists():
-        return pd.read_parquet(run_dir / PARQUET)
+        try:
+            return pd.read_parquet(run_dir / PARQUET)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise HarnessError(f"{run_dir / PARQUET}: unreadable ({type(exc).__name__}) and no {TRIALS}") from None
     return pd.DataFrame(list(latest_by_trial(records).values()))
 
 

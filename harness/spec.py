@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 from .errors import SpecError
@@ -17,7 +18,8 @@ DATA = ("cifar10", "synthetic")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 AUGMENTS = ("none", "flip", "flip-crop")
-NORMALIZE = ("cifar", "half")  # per-channel CIFAR-10 mean/std, or the tutorial's Normalize(0.5, 0.5)
+NORMALIZE = ("cifar", "half")
+MAX_THREADS = 1024  # per-channel CIFAR-10 mean/std, or the tutorial's Normalize(0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,14 @@ class TrialSpec:
     def __post_init__(self):
         _one_of("mode", self.mode, MODES)
         _one_of("data", self.data, DATA)
-        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device == "cuda"
-                or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device):
             raise SpecError(f"unknown device {self.device!r} (cpu, cuda or cuda:N)")
         if self.threads is not None:
             _positive("threads", self.threads)
+            if self.threads > MAX_THREADS:
+                raise SpecError(f"threads {self.threads} is more than this harness allows ({MAX_THREADS})")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise SpecError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         _positive("time_budget_s", self.time_budget_s, number=True)
         if self.mode == "accuracy" and self.data == "synthetic":
             raise SpecError("mode accuracy needs data cifar10: synthetic data has no accuracy")
