@@ -122,8 +122,8 @@ def overdue(pending: dict, clock, grace_s: float):
     """Pending trials that have run longer than grace_s + 2 x their time budget: (ref, spec, seconds)."""
     import ray
     try:
-        started = ray.get(clock.snapshot.remote(), timeout=10)
-    except Exception:  # the clock is best effort; a trial is never cancelled on a guess
+        started = ray.get(clock.snapshot.remote(), timeout=2)
+    except Exception:  # restarting, or busy: a trial is never cancelled on a guess; the next pass asks again
         return []
     now = time.time()
     return [(ref, spec, now - started[spec.trial_id]) for ref, spec in pending.items()
@@ -228,7 +228,12 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
     # or profiler state left by the previous trial must not colour this one. CPU timing trials reuse workers
     # (a new process costs ~2 s of torch import per trial).
     reused, fresh = ray.remote(_trial_task), ray.remote(max_calls=1)(_trial_task)
-    clock = ray.remote(num_cpus=0)(TrialClock).remote()
+    # The clock lives on the driver's node, so a worker node that dies or drops off the network takes
+    # neither the clock nor the driver's loop with it; restarted if its process dies.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    clock = ray.remote(num_cpus=0, max_restarts=-1)(TrialClock).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ).remote()
     pending = {}
     for s in runnable:
         req = requests[s.trial_id]
