@@ -3,8 +3,10 @@
     .venv/bin/python scripts/bench_vs_bare.py [--rounds 3] [--hidden-size 128] [--batch-size 256] [--device cuda]
 
 The bare loop is what shared/anchors.md measured: nn.LSTM(96, H, 2) + Linear on synthetic row-sequence input,
-a full Adam step per iteration, warm-up excluded, median of timed iterations (CUDA events on GPU). The harness runs as the CLI
-(a separate process, as a user runs it). Rounds alternate so drift in machine load hits both alike.
+a full Adam step per iteration, warm-up excluded, median of timed iterations (CUDA events on GPU). Both run
+in fresh processes of their own (the harness as the CLI, as a user runs it), and their order alternates from
+round to round, so drift in the machine's speed (seen here: 10-20% between consecutive 10-second windows on
+this VM) hits both alike.
 Exit status 1 if the harness's median is not within 10% of the bare loop's.
 """
 
@@ -51,6 +53,13 @@ def bare_loop(hidden: int, batch: int, device: str, seconds: float = 8.0) -> flo
     return batch / statistics.median(times)
 
 
+def bare_subprocess(hidden: int, batch: int, device: str, seconds: float) -> float:
+    code = (f"import sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); import bench_vs_bare as b; "
+            f"print(b.bare_loop({hidden}, {batch}, {device!r}, seconds={seconds}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def harness_trial(hidden: int, batch: int, device: str) -> dict:
     cmd = [sys.executable, "-m", "harness.cli", "trial", "--seq", "row", "--hidden-size", str(hidden),
            "--num-layers", "2", "--impl", "cudnn", "--mode", "train", "--batch-size", str(batch),
@@ -67,9 +76,14 @@ def main():
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = p.parse_args()
     bare, harness = [], []
+    seconds = 10.0 if a.device == "cpu" else 3.0
     for r in range(a.rounds):
-        bare.append(bare_loop(a.hidden_size, a.batch_size, a.device, seconds=8.0 if a.device == 'cpu' else 3.0))
-        rec = harness_trial(a.hidden_size, a.batch_size, a.device)
+        if r % 2 == 0:
+            bare.append(bare_subprocess(a.hidden_size, a.batch_size, a.device, seconds))
+            rec = harness_trial(a.hidden_size, a.batch_size, a.device)
+        else:
+            rec = harness_trial(a.hidden_size, a.batch_size, a.device)
+            bare.append(bare_subprocess(a.hidden_size, a.batch_size, a.device, seconds))
         harness.append(rec["img_per_s"])
         print(f"round {r + 1}: bare {bare[-1]:8,.0f} img/s   harness {harness[-1]:8,.0f} img/s "
               f"(IQR {rec['img_per_s_iqr']:,.0f}, noisy={rec['noisy']}, backend={rec['backend']})", flush=True)
