@@ -75,8 +75,11 @@ class RunStore:
 
     def close(self) -> None:
         if self._fh:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError:  # a full disk fails the flush in close() too; append() has already said so
+                pass
 
     def write_meta(self, meta: dict) -> None:
         tmp = self.dir / (RUN_JSON + ".tmp")

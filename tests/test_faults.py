@@ -117,3 +117,38 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_sweep_goes_on(tmp_path, 
     out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, skip_infeasible=True)
     c = report(out.run_dir, len(suite.trials))
     assert c["lost"] == 0 and c["ok"] == 2 and c["failed"] == 2  # the cuda trials: infeasible on this CPU node
+
+
+def _can_mount_tmpfs(path: Path) -> bool:
+    import subprocess
+    path.mkdir(exist_ok=True)
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)],
+                        capture_output=True).returncode == 0
+    if ok:
+        subprocess.run(["umount", str(path)], check=True)
+    return ok
+
+
+def test_disk_full_stops_the_run_with_one_clear_error_and_keeps_what_was_written(tmp_path, local_ray):
+    """A real ENOSPC: the results folder is a tiny tmpfs that fills up mid-sweep (root only)."""
+    import subprocess
+    small = tmp_path / "small"
+    if os.geteuid() != 0 or not _can_mount_tmpfs(small):
+        pytest.skip("needs root to mount a small tmpfs")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        # leave about three pages: run.json and a few records fit, the rest of the sweep does not
+        filler = small / "filler"
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (64 * 1024 - 3 * 4096))
+        suite = load_suite(suite_file(tmp_path, hidden=(8, 16, 24, 32, 40, 48)))
+        with pytest.raises(HarnessError, match="No space left on device"):
+            run_suite(suite, out_dir=small, progress=False, num_cpus=2)
+        (run_dir,) = (small / "faults").iterdir()
+        recs, torn = read_jsonl(run_dir / "trials.jsonl")
+        print(f"\ndisk full: planned {len(suite.trials)}, kept {len(recs)} intact records, torn {torn}, lost 0 "
+              f"of those written")
+        assert 1 <= len(recs) < len(suite.trials) and torn <= 1  # only the record being written may be torn
+        assert all(r["status"] == "ok" for r in recs)
+    finally:
+        subprocess.run(["umount", "-l", str(small)])
