@@ -10,7 +10,14 @@ import os
 import signal
 import sys
 
+from typing import TYPE_CHECKING
+
 from .errors import HarnessError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .spec import TrialSpec
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1

@@ -37,7 +37,7 @@ def main():
     df = read_records(a.run_dir)
     df = df[df["status"] == "ok"]
     df["seqlabel"] = [f"patch{int(k)}" if s == "patch" else s for s, k in zip(df["seq"], df["patch_size"].fillna(0))]
-    print(f"| seq | hidden | " + " | ".join(f"{i} {m}: bare / harness" for m, i in COLUMNS) + " |")
+    print("| seq | hidden | " + " | ".join(f"{i} {m}: bare / harness" for m, i in COLUMNS) + " |")
     print("|---|---|" + "---|" * len(COLUMNS))
     for (seq, hidden), bare in anchor_rows(Path(a.anchors)).items():
         cells = []

@@ -35,3 +35,18 @@ def tiny_cifar(tmp_path_factory) -> Path:
     vx, vy = learnable_images(100, seed=2)
     write_cifar10_folder(root, tx, ty, vx, vy)
     return root
+
+
+def sweep_counts(run_dir: Path, planned: int) -> dict:
+    """planned / ok / failed / lost / duplicates / torn of a run directory, printed for the test log.
+    ok: trials with an ok record; failed: trials whose latest record is not ok; lost: planned trials with no
+    record at all; duplicates: extra ok records of one trial; torn: unreadable lines in trials.jsonl."""
+    from collections import Counter
+    from harness.results import read_jsonl
+    records, torn = read_jsonl(run_dir / "trials.jsonl")
+    ok = Counter(r["trial_id"] for r in records if r["status"] == "ok")
+    latest = {r["trial_id"]: r for r in records}
+    c = {"planned": planned, "ok": len(ok), "failed": sum(r["status"] != "ok" for r in latest.values()),
+         "lost": planned - len(latest), "duplicates": sum(n - 1 for n in ok.values()), "torn": torn}
+    print(f"\n{run_dir.name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    return c

@@ -20,6 +20,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from harness.cluster import run_suite  # noqa: E402
 from harness.results import read_jsonl  # noqa: E402
 from harness.suites import load_suite  # noqa: E402
+from conftest import sweep_counts  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +32,6 @@ def write_suite(tmp_path: Path, name: str, n_hidden=(8, 16), budget=0.5, data="s
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
-
-
-def counts(run_dir: Path, planned: int) -> dict:
-    records, torn = read_jsonl(run_dir / "trials.jsonl")
-    per_trial = Counter(r["trial_id"] for r in records if r["status"] == "ok")
-    c = {"planned": planned, "ok": len(per_trial), "failed": sum(r["status"] != "ok" for r in records),
-         "lost": planned - len(per_trial), "duplicates": sum(n - 1 for n in per_trial.values()), "torn": torn}
-    print(f"\n{run_dir.name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
-    return c
 
 
 @pytest.fixture
@@ -57,7 +49,7 @@ def test_two_node_sweep_uses_both_nodes_and_shares_data_through_object_store(clu
     suite = load_suite(write_suite(tmp_path, "two-node", data="cifar10"))
     out = run_suite(suite, out_dir=tmp_path / "results", address=cluster.address, progress=False,
                     data_root=str(tiny_cifar), allow_unofficial=True)
-    c = counts(out.run_dir, len(suite.trials))
+    c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["ok"] == c["planned"] == 12 and c["lost"] == 0 and c["duplicates"] == 0
     records, _ = read_jsonl(out.run_dir / "trials.jsonl")
     nodes = Counter(r["node_id"] for r in records)
@@ -96,7 +88,7 @@ def test_node_removed_mid_sweep_every_trial_ok_exactly_once(tmp_path):
         out = run_suite(suite, out_dir=tmp_path / "results", address=c.address, progress=False)
         killer.join()
         assert "removed_at" in run_dir_holder, "the node was never removed"
-        cnt = counts(out.run_dir, len(suite.trials))
+        cnt = sweep_counts(out.run_dir, len(suite.trials))
         assert cnt["lost"] == 0 and cnt["duplicates"] == 0 and cnt["failed"] == 0
         assert cnt["ok"] == len(suite.trials) == 18
     finally:
@@ -135,7 +127,7 @@ def test_driver_killed_then_resume_completes_without_rerunning_ok_trials(tmp_pat
     run_id = trials.parent.name
     res = subprocess.run(cmd + ["--resume", run_id], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    c = counts(trials.parent, len(suite.trials))
+    c = sweep_counts(trials.parent, len(suite.trials))
     assert c["lost"] == 0 and c["duplicates"] == 0 and c["ok"] == len(suite.trials)
     after, _ = read_jsonl(trials)
     for r in after:  # trials that were ok before the kill were not run again
@@ -153,7 +145,7 @@ def test_profiles_made_on_workers_come_back_to_the_driver(cluster, tmp_path):
                                     "modes": ["profile"], "devices": ["cpu"], "cpus_per_trial": 1}))
     suite = load_suite(path)
     out = run_suite(suite, out_dir=tmp_path / "results", address=cluster.address, progress=False)
-    c = counts(out.run_dir, len(suite.trials))
+    c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["ok"] == 2 and c["lost"] == 0
     records, _ = read_jsonl(out.run_dir / "trials.jsonl")
     assert all("_artifacts" not in r and "_kernels" not in r for r in records)  # bytes never reach the JSONL

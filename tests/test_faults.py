@@ -14,6 +14,7 @@ from harness.cluster import run_suite  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.results import read_jsonl  # noqa: E402
 from harness.suites import load_suite  # noqa: E402
+from conftest import sweep_counts  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +28,6 @@ def suite_file(tmp_path: Path, name="faults", hidden=(8, 16), **extra) -> Path:
     return path
 
 
-def report(run_dir: Path, planned: int) -> dict:
-    recs, torn = read_jsonl(run_dir / "trials.jsonl")
-    latest = {r["trial_id"]: r for r in recs}
-    c = {"planned": planned, "ok": sum(r["status"] == "ok" for r in latest.values()),
-         "failed": sum(r["status"] != "ok" for r in latest.values()), "lost": planned - len(latest)}
-    print(f"\n{run_dir.name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
-    return c
-
-
 @pytest.fixture
 def local_ray():
     yield
@@ -47,7 +39,7 @@ def test_hanging_trial_is_cancelled_as_timeout_and_sweep_goes_on(tmp_path, monke
     victim = suite.trials[1].trial_id
     monkeypatch.setenv("LSTM_BENCH_FAULT", f"hang:{victim}")
     out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hang_grace_s=20)
-    c = report(out.run_dir, len(suite.trials))
+    c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["lost"] == 0 and c["ok"] == len(suite.trials) - 1 and c["failed"] == 1
     recs = {r["trial_id"]: r for r in read_jsonl(out.run_dir / "trials.jsonl")[0]}
     assert recs[victim]["status"] == "timeout" and "cancelled" in recs[victim]["error"]
@@ -92,7 +84,7 @@ def test_torn_last_line_is_skipped_and_rerun_on_resume(tmp_path, local_ray):
     ray.shutdown()
     again = run_suite(suite, out_dir=tmp_path / "r", resume=out.run_dir.name, progress=False, num_cpus=2)
     assert again.skipped == len(lines) - 1
-    c = report(out.run_dir, len(suite.trials))
+    c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["ok"] == len(suite.trials) and c["lost"] == 0
     assert torn_id in {r["trial_id"] for r in read_jsonl(trials)[0]}
 
@@ -115,7 +107,7 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_sweep_goes_on(tmp_path, 
     path.write_text(yaml.safe_dump(s))
     suite = load_suite(path)
     out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, skip_infeasible=True)
-    c = report(out.run_dir, len(suite.trials))
+    c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["lost"] == 0 and c["ok"] == 2 and c["failed"] == 2  # the cuda trials: infeasible on this CPU node
 
 

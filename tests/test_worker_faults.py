@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ psutil = pytest.importorskip("psutil")
 from harness.cluster import connect, run_suite  # noqa: E402
 from harness.results import read_jsonl  # noqa: E402
 from harness.suites import load_suite  # noqa: E402
+from conftest import sweep_counts  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -37,16 +37,6 @@ def write_suite(tmp_path: Path, doc: dict) -> Path:
     path = tmp_path / f"{doc['name']}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
-
-
-def counts(run_dir: Path, planned: int) -> dict:
-    records, torn = read_jsonl(run_dir / "trials.jsonl")
-    ok = Counter(r["trial_id"] for r in records if r["status"] == "ok")
-    c = {"planned": planned, "ok": len(ok), "failed": sum(r["status"] != "ok" for r in records),
-         "lost": planned - len({r["trial_id"] for r in records}), "duplicates": sum(n - 1 for n in ok.values()),
-         "torn": torn}
-    print(f"\n{run_dir.name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
-    return c
 
 
 def kill_one_trial_worker(found: dict, stop: threading.Event, match: str, after_s: float = 1.0,
@@ -90,7 +80,7 @@ def test_worker_killed_mid_trial_is_retried_and_ends_ok_exactly_once(tmp_path, e
         killer.join(10)
     assert found, "no trial worker was seen running, so none was killed"
     print(f"\nkilled worker pid {found['pid']} running {found['title']!r}")
-    c = counts(out.run_dir, len(suite.trials))
+    c = sweep_counts(out.run_dir, len(suite.trials))
     assert c == {"planned": 4, "ok": 4, "failed": 0, "lost": 0, "duplicates": 0, "torn": 0}
     assert out.ok == 4 and out.failed == 0
     records, _ = read_jsonl(out.run_dir / "trials.jsonl")
@@ -122,7 +112,7 @@ def test_a_trial_that_cannot_allocate_its_model_is_failed_and_the_sweep_goes_on(
            "devices": ["cpu"], "cpus_per_trial": 1, "time_budget_s": 0.5}
     suite = load_suite(write_suite(tmp_path, doc))
     out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2)
-    c = counts(out.run_dir, len(suite.trials))
+    c = sweep_counts(out.run_dir, len(suite.trials))
     assert c == {"planned": 3, "ok": 2, "failed": 1, "lost": 0, "duplicates": 0, "torn": 0}
     records, _ = read_jsonl(out.run_dir / "trials.jsonl")
     (bad,) = [r for r in records if r["status"] != "ok"]
