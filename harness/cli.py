@@ -113,15 +113,8 @@ def format_record(r: dict) -> str:
 
 
 def to_json(record: dict) -> str:
-    def clean(x):  # JSON has no NaN/inf: write null
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-    return json.dumps(clean(record), sort_keys=False)
+    from .results import jsonable
+    return json.dumps(jsonable(record))
 
 
 # ---- subcommands ------------------------------------------------------------------------------------------

@@ -32,13 +32,14 @@ def new_run_id() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def _jsonable(x):
+def jsonable(x):
+    """JSON has no NaN or infinity: write null; tuples become lists, keys strings."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     return x
 
 
@@ -64,7 +65,7 @@ class RunStore:
 
     def append(self, record: dict) -> None:
         """Write one record durably before the driver moves on (a crash loses nothing already returned)."""
-        line = json.dumps(_jsonable(record), separators=(",", ":")) + "\n"
+        line = json.dumps(jsonable(record), separators=(",", ":")) + "\n"
         try:
             self._fh.write(line)
             self._fh.flush()
@@ -83,7 +84,7 @@ class RunStore:
 
     def write_meta(self, meta: dict) -> None:
         tmp = self.dir / (RUN_JSON + ".tmp")
-        tmp.write_text(json.dumps(_jsonable(meta), indent=2) + "\n")
+        tmp.write_text(json.dumps(jsonable(meta), indent=2) + "\n")
         os.replace(tmp, self.dir / RUN_JSON)  # atomic: run.json is never half written
 
     def read_meta(self) -> dict:
