@@ -136,29 +136,13 @@ class Sequencer(nn.Module):
 # Recurrent cores. Each maps (B, T, I) -> (output (B, T, H*dirs), h_n (layers*dirs, B, H)), as nn.LSTM does.
 
 class LoopLSTM(nn.Module):
-    """Parameters in nn.LSTM's names and layout; subclasses supply the per-step cell."""
+    """Layers and directions stacked as nn.LSTM stacks them; subclasses supply one direction of one layer."""
 
-    def __init__(self, input_size, hidden_size, num_layers, bidirectional, dropout):
+    def __init__(self, hidden_size, num_layers, bidirectional, dropout):
         super().__init__()
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.hidden_size, self.num_layers = hidden_size, num_layers
         self.dirs = 2 if bidirectional else 1
         self.dropout = dropout
-        # Same initialisation as nn.LSTM: U(-1/sqrt(H), 1/sqrt(H)) for every parameter.
-        bound = 1.0 / math.sqrt(hidden_size)
-        for layer in range(num_layers):
-            layer_in = input_size if layer == 0 else hidden_size * self.dirs
-            for d in range(self.dirs):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                for name, shape in ((f"weight_ih{sfx}", (4 * hidden_size, layer_in)),
-                                    (f"weight_hh{sfx}", (4 * hidden_size, hidden_size)),
-                                    (f"bias_ih{sfx}", (4 * hidden_size,)),
-                                    (f"bias_hh{sfx}", (4 * hidden_size,))):
-                    self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
-
-    def params(self, layer: int, d: int):
-        sfx = f"_l{layer}" + ("_reverse" if d else "")
-        return (getattr(self, f"weight_ih{sfx}"), getattr(self, f"weight_hh{sfx}"),
-                getattr(self, f"bias_ih{sfx}"), getattr(self, f"bias_hh{sfx}"))
 
     def run_direction(self, x: torch.Tensor, layer: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -181,7 +165,26 @@ class NaiveLSTM(LoopLSTM):
     """The tutorial's gate equations, one Python iteration per time step:
         i = sigmoid(W_i [h, x] + b_i)   f = sigmoid(W_f [h, x] + b_f)   g = tanh(W_g [h, x] + b_g)
         o = sigmoid(W_o [h, x] + b_o)   c = f * c + i * g               h = o * tanh(c)
-    with the four gates stacked into one matmul per step."""
+    with the four gates stacked into one matmul per step. Parameters in nn.LSTM's names and layout."""
+
+    def __init__(self, input_size, hidden_size, num_layers, bidirectional, dropout):
+        super().__init__(hidden_size, num_layers, bidirectional, dropout)
+        # Same initialisation as nn.LSTM: U(-1/sqrt(H), 1/sqrt(H)) for every parameter.
+        bound = 1.0 / math.sqrt(hidden_size)
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else hidden_size * self.dirs
+            for d in range(self.dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                for name, shape in ((f"weight_ih{sfx}", (4 * hidden_size, layer_in)),
+                                    (f"weight_hh{sfx}", (4 * hidden_size, hidden_size)),
+                                    (f"bias_ih{sfx}", (4 * hidden_size,)),
+                                    (f"bias_hh{sfx}", (4 * hidden_size,))):
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
+
+    def params(self, layer: int, d: int):
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        return (getattr(self, f"weight_ih{sfx}"), getattr(self, f"weight_hh{sfx}"),
+                getattr(self, f"bias_ih{sfx}"), getattr(self, f"bias_hh{sfx}"))
 
     def run_direction(self, x, layer, d):
         w_ih, w_hh, b_ih, b_hh = self.params(layer, d)
@@ -202,38 +205,26 @@ class NaiveLSTM(LoopLSTM):
         return torch.stack(outs, dim=1), h
 
 
-class CellLoopLSTM(nn.Module):
+class CellLoopLSTM(LoopLSTM):
     """A Python loop of torch.nn.LSTMCell, one cell per layer and direction. Its parameters map one to one
     onto nn.LSTM's: cells[layer * dirs + d].weight_ih <-> weight_ih_l{layer}[_reverse] (see canonical_state)."""
 
     def __init__(self, input_size, hidden_size, num_layers, bidirectional, dropout):
-        super().__init__()
-        self.hidden_size, self.num_layers = hidden_size, num_layers
-        self.dirs = 2 if bidirectional else 1
-        self.dropout = dropout
+        super().__init__(hidden_size, num_layers, bidirectional, dropout)
         self.cells = nn.ModuleList(
             nn.LSTMCell(input_size if layer == 0 else hidden_size * self.dirs, hidden_size)
             for layer in range(num_layers) for _ in range(self.dirs))
 
-    def forward(self, x):
-        h_n = []
-        for layer in range(self.num_layers):
-            outs = []
-            for d in range(self.dirs):
-                cell = self.cells[layer * self.dirs + d]
-                batch, steps, _ = x.shape
-                h = x.new_zeros(batch, self.hidden_size)
-                c = x.new_zeros(batch, self.hidden_size)
-                seq_out = [None] * steps
-                for t in (range(steps - 1, -1, -1) if d else range(steps)):
-                    h, c = cell(x[:, t], (h, c))
-                    seq_out[t] = h
-                outs.append(torch.stack(seq_out, dim=1))
-                h_n.append(h)
-            x = torch.cat(outs, dim=2) if self.dirs == 2 else outs[0]
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
-        return x, torch.stack(h_n)
+    def run_direction(self, x, layer, d):
+        cell = self.cells[layer * self.dirs + d]
+        batch, steps, _ = x.shape
+        h = x.new_zeros(batch, self.hidden_size)
+        c = x.new_zeros(batch, self.hidden_size)
+        outs = [None] * steps
+        for t in (range(steps - 1, -1, -1) if d else range(steps)):
+            h, c = cell(x[:, t], (h, c))
+            outs[t] = h
+        return torch.stack(outs, dim=1), h
 
 
 class CudnnLSTM(nn.LSTM):
