@@ -1,10 +1,11 @@
-"""harness/report.py on a small hand-made result set: every number checked against hand computation."""
+"""harness.report on a small hand-made result set: every number checked against hand computation."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -252,13 +253,16 @@ def test_build_report_writes_everything(runs, tmp_path):
     assert "lstm-bench report bench extra --compare baseline" in text
     assert "bench" in text and "extra" in text and "Baseline: baseline" in text
     assert OOM in text and "IQR 31.0% of median > 5%" in text and "bench: 2" in text   # 2 planned, no record
-    assert "| 4,000 |" in text and "regression" in text
+    assert re.search(r"\| +4,000 \|", text) and "regression" in text
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and OOM in page
     for name in ("throughput_vs_hidden", "speedup_cudnn_over_naive", "accuracy_curves", "kernel_time_by_category"):
         png = out / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"plots/{name}.png" in text
+    env = pd.read_csv(out / "tables" / "environment.csv", dtype=str).set_index("field")   # a column per run
+    assert list(env.columns) == ["bench", "extra"] and (env.loc["missing", "bench"], env.loc["ok", "extra"]) == \
+        ("2", "3")
     tables = report.compute_tables(report.load_runs([bench, extra]), report.load_runs([base_dir]))
     assert set(tables) == set(report.TABLE_NAMES)
     for name, table in tables.items():
@@ -294,13 +298,23 @@ def test_empty_run_and_missing_dir(tmp_path):
         report.build_report([tmp_path / "nope"], tmp_path / "out2")
 
 
+def md_cells(line: str) -> list[str]:
+    """The cells of a markdown table line, padding stripped (an escaped pipe stays inside its cell)."""
+    assert line.startswith("|") and line.endswith("|"), line
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
 def test_markdown_table_formatting():
     df = pd.DataFrame({"impl": ["cudnn", "a|b"], "img_per_s": [12345.6, 0.5], "cudnn/naive": [4.0, float("nan")]})
     md = report.markdown_table(df).splitlines()
-    assert md[0] == "| impl | img_per_s | cudnn/naive |"
-    assert md[1] == "| --- | ---: | ---: |"
-    assert md[2] == "| cudnn | 12,346 | 4.00 |"
-    assert md[3] == "| a\\|b | 0.5 |  |"
+    assert md_cells(md[0]) == ["impl", "img_per_s", "cudnn/naive"]
+    assert [re.fullmatch(r":?-{3,}:?", a) is not None for a in md_cells(md[1])] == [True] * 3
+    assert [a.endswith(":") for a in md_cells(md[1])] == [False, True, True]     # numbers right-aligned
+    assert md_cells(md[2]) == ["cudnn", "12,346", "4.00"]
+    assert md_cells(md[3]) == ["a\\|b", "0.5", ""]
+    page = report.html_table(pd.DataFrame({"<b>": ["a<b & c"], "img_per_s": [1.5]}))
+    assert "&lt;b&gt;" in page and "a&lt;b &amp; c" in page and "<b>" not in page
+    assert re.search(r'<td class="[^"]*\bn\b[^"]*" *>1.50</td>', page)                  # numbers right-aligned
 
 
 def test_parquet_only_run(runs, tmp_path):
