@@ -1,0 +1,118 @@
+"""The node-ceiling GEMM probe: fields, flag hygiene, CPU precision limits, drift reasons, per-process cache."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from harness import ceiling
+from harness.ceiling import Probe, ceiling_frac, drifted, probe
+
+CPU = torch.device("cpu")
+
+
+def test_cpu_probe_fields():
+    p = probe(CPU, "float32", threads=1, seconds=0.2)
+    assert isinstance(p, Probe)
+    assert p.precision == "float32" and p.device == "cpu" and p.n in (1024, 2048)
+    assert p.gflop_per_s > 0 and p.spread >= 0
+    assert p.repeats >= ceiling.MIN_REPEATS and p.threads == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.gflop_per_s = 1.0
+
+
+def test_probe_restores_threads():
+    before = torch.get_num_threads()
+    probe(CPU, "float32", threads=1, seconds=0.05)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("matmul,cudnn", [(False, True), (True, False), (True, True)])
+def test_float32_probe_restores_tf32_flags(matmul, cudnn):
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    saved_prec = torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        seen = {}
+        real_run = ceiling._run
+
+        def spy(*a, **k):
+            seen["flags"] = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            return real_run(*a, **k)
+
+        ceiling._run = spy
+        try:
+            probe(CPU, "float32", threads=1, seconds=0.05)
+        finally:
+            ceiling._run = real_run
+        assert seen["flags"] == (False, False)  # strict fp32 while probing
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (matmul, cudnn)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        torch.set_float32_matmul_precision(saved_prec)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bfloat16"])
+def test_cpu_rejects_non_float32(precision):
+    with pytest.raises(ValueError, match="float32 only"):
+        probe(CPU, precision, seconds=0.05)
+
+
+def test_unknown_precision_and_bad_seconds():
+    with pytest.raises(ValueError, match="unknown precision"):
+        probe(CPU, "float16", seconds=0.05)
+    with pytest.raises(ValueError, match="seconds"):
+        probe(CPU, "float32", seconds=0)
+
+
+def test_probe_node_cpu(monkeypatch):
+    monkeypatch.setattr(ceiling, "probe", lambda d, p, threads=None, seconds=1.0: Probe(
+        p, d.type, 1024, 50.0, 0.02, 7, threads or 1))
+    assert ceiling.probe_node("cpu", 2) == {"float32": {"gflop_per_s": 50.0, "spread": 0.02, "n": 1024}}
+
+
+def test_drifted():
+    start = {"float32": {"gflop_per_s": 100.0, "spread": 0.01, "n": 1024}}
+    (reason,) = drifted(start, {"float32": {"gflop_per_s": 80.0}}, 0.10)
+    assert reason.startswith("float32 ceiling fell 20% between the run's start and end probes (threshold 10%)")
+    assert drifted(start, {"float32": {"gflop_per_s": 95.0}}, 0.10) == []
+    assert drifted(start, {"float32": {"gflop_per_s": 130.0}}, 0.10) == []  # faster is not a fall
+    assert drifted(start, {}, 0.10) == []  # missing end probe: nothing to compare
+
+
+def test_ceiling_frac():
+    assert ceiling_frac(25.0, 100.0) == 0.25
+    assert ceiling_frac(25.0, {"gflop_per_s": 50.0}) == 0.5
+    assert ceiling_frac(None, 100.0) is None
+    assert ceiling_frac(25.0, None) is None
+    assert ceiling_frac(25.0, 0.0) is None
+
+
+def test_cached_ceiling_probes_once(monkeypatch):
+    calls = []
+
+    def fake(device, precision, *, threads=None, seconds=1.0):
+        calls.append((str(device), precision, threads))
+        return Probe(precision, torch.device(device).type, 1024, 42.0, 0.01, 5, threads or 1)
+
+    monkeypatch.setattr(ceiling, "probe", fake)
+    monkeypatch.setattr(ceiling, "_CACHE", {})
+    a = ceiling.cached_ceiling(CPU, "float32", 2)
+    b = ceiling.cached_ceiling(torch.device("cpu"), "float32", 2)
+    assert a is b and a.gflop_per_s == 42.0 and len(calls) == 1
+    ceiling.cached_ceiling(CPU, "float32", 1)  # other threads: another probe
+    assert len(calls) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_probe_tf32_and_float32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    dev = torch.device(f"cuda:{torch.cuda.device_count() - 1}")
+    strict = probe(dev, "float32", seconds=0.2)
+    tf32 = probe(dev, "tf32", seconds=0.2)
+    for p in (strict, tf32):
+        assert p.device == "cuda" and p.n == ceiling.CUDA_N and p.gflop_per_s > 0 and p.repeats >= 5
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == saved
+    node = ceiling.probe_node("cuda", None, seconds=0.2)
+    assert set(node) == {"float32", "tf32", "bfloat16"}
+    assert node["bfloat16"]["gflop_per_s"] > node["float32"]["gflop_per_s"]
