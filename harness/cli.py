@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+MAX_NUM_CPUS = 4096  # --num-cpus of an embedded Ray: more is a typo, not a machine
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -29,39 +30,41 @@ class OneLineParser(argparse.ArgumentParser):
         raise HarnessError(f"{command}: {message}" if command else message)
 
 
+SUITE_ONLY = ("variant", "train", "repeat", "suite")  # TrialSpec fields a suite sets; no flag of their own
+DATA_DEFAULT = ("cifar10 with --mode accuracy or with --data-root, else {default}; --data synthetic with "
+                "--data-root is an error")
+
+
+def trial_flag_groups() -> list:
+    """(group title, dataclass, its fields that are flags): every trial flag comes from a spec field."""
+    import dataclasses
+    from .spec import TrainConfig, TrialSpec, Variant
+    return [("variant", Variant, dataclasses.fields(Variant)),
+            ("trial", TrialSpec, [f for f in dataclasses.fields(TrialSpec) if f.name not in SUITE_ONLY]),
+            ("training recipe (accuracy mode; optimizer/lr also for train timing)", TrainConfig,
+             dataclasses.fields(TrainConfig))]
+
+
 def add_trial_flags(p: argparse.ArgumentParser) -> None:
-    from .spec import AUGMENTS, DATA, MODES, NORMALIZE, OPTIMIZERS, SCHEDULES
-    v = p.add_argument_group("variant")
-    v.add_argument("--seq", default="row", help="row, column, pixel, patch, cnn")
-    v.add_argument("--patch-size", type=int, default=None, help="k for seq patch: 2, 4 or 8")
-    v.add_argument("--hidden-size", type=int, default=128)
-    v.add_argument("--num-layers", type=int, default=2)
-    v.add_argument("--impl", default="cudnn", help="cudnn, naive, lstmcell")
-    v.add_argument("--batch-size", type=int, default=256)
-    v.add_argument("--dtype", default="float32", help="float32 or bfloat16 (autocast)")
-    v.add_argument("--bidirectional", action="store_true")
-    v.add_argument("--dropout", type=float, default=0.0)
-    t = p.add_argument_group("trial")
-    t.add_argument("--mode", default="train", help=", ".join(MODES))
-    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
-    t.add_argument("--data", default="synthetic", help=", ".join(DATA))
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
-    t.add_argument("--time-budget-s", type=float, default=None,
-                   help="per-trial time budget (default 30 s for timing, 24 h for --mode accuracy)")
-    r = p.add_argument_group("training recipe (accuracy mode; optimizer/lr also for train timing)")
-    r.add_argument("--optimizer", default="adam", help=", ".join(OPTIMIZERS))
-    r.add_argument("--lr", type=float, default=1e-3)
-    r.add_argument("--weight-decay", type=float, default=0.0)
-    r.add_argument("--schedule", default="constant", help=", ".join(SCHEDULES))
-    r.add_argument("--warmup-epochs", type=float, default=0.0)
-    r.add_argument("--grad-clip", type=float, default=None)
-    r.add_argument("--label-smoothing", type=float, default=0.0)
-    r.add_argument("--augment", default="none", help=", ".join(AUGMENTS))
-    r.add_argument("--normalize", default="cifar", help=", ".join(NORMALIZE))
-    r.add_argument("--epochs", type=int, default=1)
-    r.add_argument("--target-accuracy", type=float, nargs="*", default=[])
-    r.add_argument("--train-subset", type=int, default=None)
+    """--flag-name per field: default, type and help from the field, its metadata and its rule (harness.spec)."""
+    from .spec import RULES
+    for title, _, fields in trial_flag_groups():
+        group = p.add_argument_group(title)
+        for f in fields:
+            rule, default, unit = RULES[f.name], f.default, f.metadata["unit"]
+            shown = DATA_DEFAULT.format(default=default) if f.name == "data" else default
+            help = f.metadata["help"]
+            if not (shown is None or isinstance(shown, bool) or shown == ()):
+                help += f"; default: {shown}"
+            flag = "--" + f.name.replace("_", "-")
+            if rule.type is bool:
+                group.add_argument(flag, action="store_true", help=help)
+                continue
+            metavar = ("{" + ",".join(rule.choices) + "}" if rule.choices else unit.upper() if unit != "1"
+                       else "N" if rule.type is int else "X")
+            group.add_argument(flag, type=None if rule.type is str else rule.type, nargs="*" if rule.many else None,
+                               default=None if f.name == "data" else list(default) if rule.many else default,
+                               metavar=metavar, help=help)
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
@@ -72,19 +75,27 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
                    help="accept a copy whose md5 differs from the official release (recorded on every result)")
 
 
+def add_set_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a suite key for this run, VALUE read as YAML (repeatable): an axis or a list "
+                        "value sweeps (hidden_size=[64,128]), a top-level key is replaced (time_budget_s=5), "
+                        "another field is fixed (lr=0.01)")
+
+
 def spec_from_args(a) -> "TrialSpec":
-    from .spec import TrainConfig, TrialSpec
-    from .variants import Variant
-    variant = Variant(seq=a.seq, patch_size=a.patch_size, hidden_size=a.hidden_size, num_layers=a.num_layers,
-                      impl=a.impl, batch_size=a.batch_size, dtype=a.dtype, bidirectional=a.bidirectional,
-                      dropout=a.dropout)
-    train = TrainConfig(optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay, schedule=a.schedule,
-                        warmup_epochs=a.warmup_epochs, grad_clip=a.grad_clip, label_smoothing=a.label_smoothing,
-                        augment=a.augment, normalize=a.normalize, epochs=a.epochs,
-                        target_accuracy=tuple(a.target_accuracy), train_subset=a.train_subset)
-    budget = a.time_budget_s if a.time_budget_s is not None else (86400.0 if a.mode == "accuracy" else 30.0)
-    return TrialSpec(variant=variant, mode=a.mode, device=a.device, data=a.data, seed=a.seed, threads=a.threads,
-                     time_budget_s=budget, train=train)
+    from .spec import TrainConfig, TrialSpec, Variant
+    values = {cls: {f.name: getattr(a, f.name) for f in fields} for _, cls, fields in trial_flag_groups()}
+    trial = values[TrialSpec]
+    data_root = getattr(a, "data_root", None)
+    if trial["data"] == "synthetic" and data_root is not None:  # a typo'd or hostile folder must not go unnoticed
+        raise HarnessError(f"--data synthetic reads no dataset, but --data-root {data_root} was given "
+                           f"(drop one of them)")
+    if trial["data"] is None:  # see DATA_DEFAULT
+        if a.mode == "accuracy" or data_root is not None:
+            trial["data"] = "cifar10"
+        else:
+            del trial["data"]
+    return TrialSpec(variant=Variant(**values[Variant]), train=TrainConfig(**values[TrainConfig]), **trial)
 
 
 TRIAL_TABLE = (("trial_id", "{}"), ("mode", "{}"), ("device", "{}"), ("backend", "{}"), ("status", "{}"),
@@ -188,18 +199,25 @@ def cmd_check(a) -> int:
     return 0
 
 
+def load_suite_args(a):
+    """The suite of `validate`/`run`: the file, with its --set items applied."""
+    from .suites import load_suite, parse_sets
+    return load_suite(a.suite, parse_sets(a.set))
+
+
 def cmd_validate(a) -> int:
-    from .suites import load_suite
-    suite = load_suite(a.suite)
-    print(f"{a.suite}: ok, {len(suite.trials)} trials")
+    suite = load_suite_args(a)
+    sets = f", with --set {', '.join(suite.overrides)}" if suite.overrides else ""
+    print(f"{a.suite}: ok, {len(suite.trials)} trials{sets}")
     return 0
 
 
 def cmd_run(a) -> int:
-    from .suites import format_plan, load_suite
-    if a.num_cpus is not None and a.num_cpus < 1:
-        raise HarnessError(f"run: --num-cpus must be at least 1, got {a.num_cpus}")
-    suite = load_suite(a.suite)
+    import shlex
+    from .suites import format_plan
+    if a.num_cpus is not None and not 1 <= a.num_cpus <= MAX_NUM_CPUS:
+        raise HarnessError(f"run: --num-cpus must be in 1..{MAX_NUM_CPUS}, got {a.num_cpus}")
+    suite = load_suite_args(a)
     if a.dry_run:
         print(format_plan(suite))
         return 0
@@ -212,7 +230,8 @@ def cmd_run(a) -> int:
     outcome = run_suite(suite, out_dir=a.out, address=a.address, resume=a.resume, data_root=a.data_root,
                         allow_unofficial=a.allow_unofficial_data, download=a.download,
                         skip_infeasible=a.skip_infeasible, progress=not a.no_progress, num_cpus=a.num_cpus)
-    resume_cmd = f"lstm-bench run {a.suite} --resume {outcome.run_dir.name}" + (
+    sets = "".join(f" --set {shlex.quote(item)}" for item in a.set)  # a resume needs the same overrides
+    resume_cmd = f"lstm-bench run {a.suite}{sets} --resume {outcome.run_dir.name}" + (
         f" --out {a.out}" if a.out != "results" else "") + (f" --address {a.address}" if a.address else "")
     if outcome.interrupted:
         print(f"interrupted: {outcome.ok} ok, {outcome.failed} failed of {outcome.planned}; kept in "
@@ -293,10 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="validate a suite file; runs nothing")
     v.add_argument("suite")
+    add_set_flag(v)
     v.set_defaults(func=cmd_validate)
 
     r = sub.add_parser("run", help="sweep a suite on Ray (embedded local Ray unless --address)")
     r.add_argument("suite")
+    add_set_flag(r)
     r.add_argument("--address", default=None, help="HOST:PORT, auto, or ray://HOST:10001 (default: a new local Ray)")
     r.add_argument("--dry-run", action="store_true", help="list the trials and the resources each needs")
     r.add_argument("--resume", metavar="RUN_ID", default=None, help="run only the trials of RUN_ID not already ok")

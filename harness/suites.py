@@ -6,11 +6,12 @@
     fixed:   {patch_size: 4, num_layers: 1}                # one value each
     exclude: [{impl: naive, seq: pixel, device: cpu}]      # a trial matching every pair of an entry is skipped
     modes: [train, infer]     devices: [cpu]     data: synthetic
-    cpus_per_trial: 1         repeats: 1         seed: 0         time_budget_s: 30
+    cpus_per_trial: 1         repeats: 1         seed: 0         time_budget_s: 30   # unset: each mode's own
 
 The whole file is validated, and every trial built, before anything runs: a sweep that fails on trial 97
 of 100 an hour in is worse than one that refuses to start. Every problem is a SuiteError whose message is
-one line, "<file>: <key path>: <problem>", so the CLI can print it as is.
+one line, "<file>: <key path>: <problem>", so the CLI can print it as is. `--set key=value` (apply_overrides)
+changes a key for one run; the result is validated as the file is, and its errors name the --set item.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import hashlib
 import itertools
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .errors import SpecError, SuiteError
-from .spec import DATA, MODES, TrainConfig, TrialSpec
-from .variants import PATCH_SIZES, Variant
+from .spec import DEFAULT_TIMING_BUDGET_S, RULES, TrainConfig, TrialSpec, Variant, choice, show
 
 VARIANT_FIELDS = tuple(f.name for f in dataclasses.fields(Variant))
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
@@ -36,8 +37,10 @@ GRID_FIELDS = VARIANT_FIELDS + TRAIN_FIELDS + ("data",)  # what axes and fixed m
 EXCLUDE_FIELDS = GRID_FIELDS + ("mode", "device")
 TOP_KEYS = ("name", "description", "axes", "fixed", "exclude", "modes", "devices", "cpus_per_trial",
             "repeats", "seed", "time_budget_s", "data")
-DEVICES = ("cpu", "cuda")  # a suite says which kind; which cuda:N a trial lands on is Ray's business
-DEFAULTS = {**dataclasses.asdict(Variant()), **dataclasses.asdict(TrainConfig()), "data": "synthetic"}
+SET_KEYS = TOP_KEYS + tuple(k for k in GRID_FIELDS if k not in TOP_KEYS)  # what --set may name
+DEVICE_KIND = choice("cpu", "cuda")  # a suite says which kind; which cuda:N a trial lands on is Ray's business
+DEFAULTS = {**dataclasses.asdict(Variant()), **dataclasses.asdict(TrainConfig()),
+            "data": TrialSpec.__dataclass_fields__["data"].default}
 LABEL_FIELDS = {"seq", "patch_size", "hidden_size", "num_layers", "bidirectional", "impl", "batch_size", "dtype"}
 MAX_TRIALS = 100_000  # a typo like repeats: 100000000 should be an error, not an hour of building specs
 MAX_MESSAGE = 400
@@ -51,24 +54,32 @@ class Suite:
     sha256: str  # of the file's bytes (parse_suite alone: of the data's canonical JSON)
     trials: tuple[TrialSpec, ...]
     cpus_per_trial: int
-    time_budget_s: float
-    raw: dict = field(compare=False, hash=False, repr=False)  # the parsed YAML, for the run record
+    time_budget_s: float | None  # None: each trial's mode decides (TrialSpec.budget_s)
+    raw: dict = field(compare=False, hash=False, repr=False)  # the parsed YAML (overrides applied), for the record
+    overrides: dict = field(default_factory=dict, compare=False, hash=False)  # --set key: value, in order
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Messages
 
+class _Source(str):
+    """A suite file's name that knows which key paths hold --set values: an error at one of them names the
+    --set item instead of the file."""
+    sets: dict  # key path -> "--set key=value"
+
+    def at(self, path: str) -> str:
+        hits = [p for p in self.sets if path == p or path.startswith((p + ".", p + "["))]
+        return self.sets[max(hits, key=len)] if hits else str(self)
+
+
 def _err(source: str, path: str, problem: str) -> SuiteError:
+    if isinstance(source, _Source):
+        source = source.at(path)
     msg = f"{source}: {path}: {problem}" if path else f"{source}: {problem}"
     msg = " ".join(msg.splitlines())  # one line, whatever a file name or a YAML message holds
     if len(msg) > MAX_MESSAGE:  # a 10 kB string value should not make a 10 kB error line
         msg = msg[:MAX_MESSAGE - 3] + "..."
     return SuiteError(msg)
-
-
-def _show(value) -> str:
-    r = repr(value)
-    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _type(value) -> str:
@@ -85,16 +96,18 @@ def _unknown_key(key: str, valid, path: str) -> str:
     if path != "" and (key in TOP_KEYS or key + "s" in TOP_KEYS):
         top = key if key in TOP_KEYS else key + "s"
         return f"not a per-trial field (set {top!r} at the top level)"
+    return _closest(key, valid) or f"unknown key (valid keys: {', '.join(valid)})"
+
+
+def _closest(key: str, valid) -> str | None:
     close = difflib.get_close_matches(key, valid, n=1)
-    if close:
-        return f"unknown key (did you mean {close[0]!r}?)"
-    return f"unknown key (valid keys: {', '.join(valid)})"
+    return f"unknown key (did you mean {close[0]!r}?)" if close else None
 
 
 def _check_keys(source: str, mapping: dict, valid, path: str) -> None:
     for key in mapping:
         if not isinstance(key, str):
-            raise _err(source, _at(path, _show(key)), f"keys must be strings, got {_type(key)}")
+            raise _err(source, _at(path, show(key)), f"keys must be strings, got {_type(key)}")
         if key not in valid:
             raise _err(source, _at(path, key), _unknown_key(key, valid, path))
 
@@ -102,99 +115,35 @@ def _check_keys(source: str, mapping: dict, valid, path: str) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Values
 
-def _numeric_text(value) -> bool:
+def _checked(source: str, path: str, name: str, value, rule=None):
+    """One value of a field, checked by the field's own rule (harness.spec.RULES); a problem names its path."""
     try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False
+        return (rule or RULES[name])(name, value)
+    except SpecError as e:
+        raise _err(source, path, str(e)) from None
 
 
-def _field_value(name: str, value):
-    """Check one value of a grid field on its own (the other fields at their defaults); return it normalized.
-    Raises SpecError with the variant/spec's own message."""
-    # Python calls True an int; a suite that says `hidden_size: true` has made a mistake.
-    if isinstance(value, bool) and name != "bidirectional":
-        raise SpecError(f"{name} must not be true/false, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):  # lr: .nan would pass `lr <= 0` checks
-        raise SpecError(f"{name} must be a finite number, got {value!r}")
-    if isinstance(value, str) and not isinstance(DEFAULTS[name], str) and _numeric_text(value):
-        # PyYAML reads 1e-3 as a string (YAML 1.1 wants 1.0e-3): say so rather than "got '1e-3'".
-        raise SpecError(f"{name} must be a number, got the string {value!r} (write 0.001 or 1.0e-3, not 1e-3)")
-    if name == "data":
-        if value not in DATA:
-            raise SpecError(f"unknown data {_show(value)} (choose from {', '.join(DATA)})")
-        return value
-    if name == "target_accuracy":
-        if not isinstance(value, list) or any(isinstance(t, bool) for t in value):
-            raise SpecError(f"target_accuracy must be a list of fractions, got {_show(value)}")
-        value = tuple(value)
-    if name == "patch_size" and value is None:
-        return None  # fine for every seq but patch; the combination check catches that one
-    if name in VARIANT_FIELDS:
-        # patch_size is only valid beside seq patch, and seq patch only beside a patch size.
-        if name == "patch_size":
-            Variant(seq="patch", patch_size=value)
-        elif name == "seq" and value == "patch":
-            Variant(seq="patch", patch_size=PATCH_SIZES[0])
-        else:
-            Variant(**{name: value})
-    else:
-        TrainConfig(**{name: value})
-    return value
-
-
-def _values(source: str, raw, path: str, name: str):
-    """An axis: a non-empty list of distinct, individually valid values."""
+def _values(source: str, raw, path: str, name: str, rule=None) -> list:
+    """An axis (or modes, devices): a non-empty list of distinct, individually valid values."""
     if not isinstance(raw, list):
         hint = " (put a single value under fixed)" if path.startswith("axes") else ""
-        raise _err(source, path, f"must be a list of values, got {_type(raw)}{hint}")
+        raise _err(source, path, f"must be a list of {'values' if rule is None else 'strings'}, got {_type(raw)}{hint}")
     if not raw:
-        raise _err(source, path, "empty axis")
+        raise _err(source, path, "empty axis" if rule is None else "empty list")
     out = []
     for i, value in enumerate(raw):
-        try:
-            value = _field_value(name, value)
-        except SpecError as e:
-            raise _err(source, f"{path}[{i}]", str(e)) from None
+        value = _checked(source, f"{path}[{i}]", name, value, rule)
         if value in out:
-            raise _err(source, f"{path}[{i}]", f"duplicate value {_show(raw[i])}")
+            raise _err(source, f"{path}[{i}]", f"duplicate value {show(raw[i])}")
         out.append(value)
     return out
 
 
-def _choices(source: str, data: dict, key: str, choices, default) -> list[str]:
-    raw = data.get(key, default)
-    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
-        got = _type(raw) if not isinstance(raw, list) else "a list holding " + ", ".join(
-            sorted({_type(v) for v in raw if not isinstance(v, str)}))
-        raise _err(source, key, f"must be a list of strings, got {got}")
-    if not raw:
-        raise _err(source, key, "empty list")
-    for i, v in enumerate(raw):
-        if v not in choices:
-            raise _err(source, f"{key}[{i}]", f"unknown {key[:-1]} {_show(v)} (choose from {', '.join(choices)})")
-        if v in raw[:i]:
-            raise _err(source, f"{key}[{i}]", f"duplicate value {v!r}")
-    return list(raw)
-
-
-def _int(source: str, data: dict, key: str, default: int, low: int, high: int | None = None) -> int:
-    value = data.get(key, default)
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value < high)
-    if not ok:
-        what = "a positive integer" if low == 1 and high is None else f"an integer in [{low}, {high})"
-        raise _err(source, key, f"must be {what}, got {_show(value)}")
+def _count(source: str, data: dict, key: str) -> int:  # cpus_per_trial, repeats
+    value = data.get(key, 1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _err(source, key, f"must be a positive integer, got {show(value)}")
     return value
-
-
-def _positive_number(source: str, data: dict, key: str, default: float) -> float:
-    value = data.get(key, default)
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or value <= 0):
-        hint = " (write 100.0 or 1.0e2, not 1e2)" if isinstance(value, str) and _numeric_text(value) else ""
-        raise _err(source, key, f"must be a positive number, got {_show(value)}{hint}")
-    return float(value)
 
 
 def _mapping(source: str, data: dict, key: str) -> dict:
@@ -209,10 +158,18 @@ def _mapping(source: str, data: dict, key: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # The suite
 
-def parse_suite(data: dict, source: str = "<suite>") -> Suite:
-    """Validate a parsed suite and build its trials. Raises SuiteError, and nothing else, for any input."""
+def parse_suite(data: dict, source: str = "<suite>", overrides: dict | None = None) -> Suite:
+    """Validate a parsed suite (with --set overrides applied) and build its trials. Raises SuiteError, and
+    nothing else, for any input."""
     try:
-        return _parse(data, source)
+        merged, where = apply_overrides(data, source, overrides or {})
+        suite = _parse(merged, where)
+        try:
+            canonical = json.dumps(data, sort_keys=True, default=str)
+        except TypeError:  # keys of mixed types that an override replaced
+            canonical = json.dumps(data, default=str)
+        return dataclasses.replace(suite, path=source, sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+                                   overrides=dict(overrides or {}))
     except SuiteError:
         raise
     except Exception as e:  # a safety net: every problem we know of has its own message above
@@ -231,7 +188,7 @@ def _parse(data, source: str) -> Suite:
     # The name ends up in result paths and Ray trial names: keep it to a plain word.
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "._-" for c in name) \
             or not name[0].isalnum() or not name.isascii():
-        raise _err(source, "name", f"must be a word of letters, digits, '.', '_' or '-', got {_show(name)}")
+        raise _err(source, "name", f"must be a word of letters, digits, '.', '_' or '-', got {show(name)}")
     description = data.get("description", "")
     if not isinstance(description, str):
         raise _err(source, "description", f"must be a string, got {_type(description)}")
@@ -244,24 +201,19 @@ def _parse(data, source: str) -> Suite:
     for k, v in fixed_raw.items():
         if k in axes:
             raise _err(source, f"fixed.{k}", "also an axis (a field is either fixed or swept)")
-        try:
-            fixed[k] = _field_value(k, v)
-        except SpecError as e:
-            raise _err(source, f"fixed.{k}", str(e)) from None
+        fixed[k] = _checked(source, f"fixed.{k}", k, v)
     if "data" in data:  # top-level data is shorthand for fixed.data
         if "data" in axes or "data" in fixed:
             raise _err(source, "data", f"also set under {'axes' if 'data' in axes else 'fixed'}")
-        try:
-            fixed["data"] = _field_value("data", data["data"])
-        except SpecError as e:
-            raise _err(source, "data", str(e)) from None
+        fixed["data"] = _checked(source, "data", "data", data["data"])
 
-    modes = _choices(source, data, "modes", MODES, ["train"])
-    devices = _choices(source, data, "devices", DEVICES, ["cpu"])
-    cpus = _int(source, data, "cpus_per_trial", 1, 1)
-    repeats = _int(source, data, "repeats", 1, 1)
-    seed = _int(source, data, "seed", 0, 0, 2 ** 32)  # what numpy and torch both accept
-    budget = _positive_number(source, data, "time_budget_s", 30.0)
+    modes = _values(source, data.get("modes", ["train"]), "modes", "mode", RULES["mode"])
+    devices = _values(source, data.get("devices", ["cpu"]), "devices", "device", DEVICE_KIND)
+    cpus = _count(source, data, "cpus_per_trial")
+    _checked(source, "cpus_per_trial", "cpus_per_trial", cpus, RULES["threads"])  # it becomes each CPU trial's
+    repeats = _count(source, data, "repeats")
+    seed = _checked(source, "seed", "seed", data.get("seed", 0))
+    budget = _checked(source, "time_budget_s", "time_budget_s", data.get("time_budget_s"))  # None: per mode
     excludes = _excludes(source, data)
 
     total = math.prod(len(v) for v in axes.values()) * len(modes) * len(devices) * repeats
@@ -289,14 +241,13 @@ def _parse(data, source: str) -> Suite:
                     specs.setdefault(spec.trial_id, spec)
             except SpecError as e:
                 shown = {**dict(zip(axes, combo)), "mode": mode, "device": device}
-                trial = ", ".join(f"{k}: {v if isinstance(v, str) else _show(v)}" for k, v in shown.items())
+                trial = ", ".join(f"{k}: {v if isinstance(v, str) else show(v)}" for k, v in shown.items())
                 raise _err(source, f"trial {{{trial}}}", str(e)) from None
     if not specs:
         raise _err(source, "exclude", "no trials left after exclude")
 
-    canonical = json.dumps(data, sort_keys=True, default=str).encode()
-    return Suite(name=name, description=description, path=source, sha256=hashlib.sha256(canonical).hexdigest(),
-                 trials=tuple(specs.values()), cpus_per_trial=cpus, time_budget_s=budget, raw=data)
+    return Suite(name=name, description=description, path=str(source), sha256="", trials=tuple(specs.values()),
+                 cpus_per_trial=cpus, time_budget_s=budget, raw=data)
 
 
 def _excludes(source: str, data: dict) -> list[dict]:
@@ -313,24 +264,16 @@ def _excludes(source: str, data: dict) -> list[dict]:
         if not entry:
             raise _err(source, path, "empty entry (it would exclude every trial)")
         _check_keys(source, entry, EXCLUDE_FIELDS, path)
-        checked = {}
-        for k, v in entry.items():
-            choices = {"mode": MODES, "device": DEVICES}.get(k)
-            if choices is not None:
-                if not isinstance(v, str) or v not in choices:
-                    raise _err(source, f"{path}.{k}", f"unknown {k} {_show(v)} (choose from {', '.join(choices)})")
-                checked[k] = v
-                continue
-            try:  # a typo here would silently exclude nothing, so values are checked like axis values
-                checked[k] = _field_value(k, v)
-            except SpecError as e:
-                raise _err(source, f"{path}.{k}", str(e)) from None
-        out.append(checked)
+        # a typo here would silently exclude nothing, so values are checked like axis values
+        out.append({k: _checked(source, f"{path}.{k}", k, v, DEVICE_KIND if k == "device" else None)
+                    for k, v in entry.items()})
     return out
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read, parse and validate a suite file. Raises SuiteError, and nothing else, for any file."""
+def load_suite(path: str | Path, overrides: dict | None = None) -> Suite:
+    """Read, parse and validate a suite file, with `overrides` (--set key: value) applied as apply_overrides
+    says. Raises SuiteError, and nothing else, for any file. The sha256 is of the file's bytes, whatever
+    the overrides; the Suite carries them in `overrides`."""
     source = str(path)
     try:
         blob = Path(path).read_bytes()
@@ -344,8 +287,13 @@ def load_suite(path: str | Path) -> Suite:
         text = blob.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _err(source, "", f"not UTF-8 text (bad byte at offset {e.start})") from None
+    suite = parse_suite(_yaml(source, text), source, overrides)
+    return dataclasses.replace(suite, sha256=hashlib.sha256(blob).hexdigest())
+
+
+def _yaml(source: str, text: str):
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -354,8 +302,73 @@ def load_suite(path: str | Path) -> Suite:
         raise _err(source, "", f"invalid YAML: {e}") from None
     except Exception as e:  # RecursionError on absurdly deep nesting, a 5000-digit integer, ...
         raise _err(source, "", f"invalid YAML ({type(e).__name__}: {e})") from None
-    suite = parse_suite(data, source)
-    return dataclasses.replace(suite, sha256=hashlib.sha256(blob).hexdigest())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --set key=value
+
+def parse_sets(items: list[str]) -> dict:
+    """`--set key=value` items as {key: value}, each value read as YAML (`hidden_size=[64,128]` is a list);
+    a later item for a key wins. Keys are checked by apply_overrides."""
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise _err(f"--set {item}", "", "expected KEY=VALUE (e.g. --set hidden_size=[64,128])")
+        out[key.strip()] = _yaml(f"--set {item}", text)
+    return out
+
+
+def _item(key, value) -> str:
+    """An override as one would type it."""
+    try:
+        text = value if isinstance(value, str) else yaml.safe_dump(
+            value, default_flow_style=True, width=1 << 20).strip().removesuffix("\n...")
+    except yaml.YAMLError:  # not YAML (only through the API)
+        text = repr(value)
+    return "--set " + shlex.quote(f"{key}={text}")
+
+
+def apply_overrides(data, source: str, overrides: dict) -> tuple:
+    """(data with the overrides applied, a source whose errors at a key path a --set item set name the item).
+    Per key: a field that is an axis, or a field given a list of values (for target_accuracy a list of
+    lists), becomes that axis (one value: a one-value axis); else a top-level key is replaced (`modes=infer`
+    means [infer]), and any other field is fixed. The caller's data is not changed."""
+    if not isinstance(overrides, dict):
+        raise _err(source, "", f"overrides must be a mapping of key: value, got {_type(overrides)}")
+    where, merged = _Source(source), dict(data) if isinstance(data, dict) else data
+    where.sets = {}
+    for key, value in overrides.items():
+        item = _item(key, value)
+        if not isinstance(key, str):
+            raise _err(item, "", f"keys must be strings, got {_type(key)}")
+        if key not in SET_KEYS:
+            raise _err(item, "", _closest(key, SET_KEYS) or "unknown key (not a suite key or a trial field)")
+        path = _put(merged, key, value) if isinstance(merged, dict) else None
+        if path is not None:  # None: the file's own error comes first
+            where.sets[path] = item
+    return merged, where
+
+
+def _put(data: dict, key: str, value) -> str | None:
+    """Set one override in data, copying what it changes; returns the value's key path."""
+    axes, fixed = ({} if data.get(k) is None else data[k] for k in ("axes", "fixed"))
+    if not isinstance(axes, dict) or not isinstance(fixed, dict):
+        return None
+    many = key in RULES and RULES[key].many
+    listed = isinstance(value, list) and (not many or bool(value) and all(isinstance(v, list) for v in value))
+    if key in GRID_FIELDS and (key in axes or listed):
+        data["axes"] = {**axes, key: value if listed else [value]}
+        if key in fixed:
+            data["fixed"] = {k: v for k, v in fixed.items() if k != key}
+        if key == "data":
+            data.pop("data", None)
+        return f"axes.{key}"
+    if key in TOP_KEYS and key not in fixed:
+        data[key] = [value] if key in ("modes", "devices") and isinstance(value, str) else value
+        return key
+    data["fixed"] = {**fixed, key: value}
+    return f"fixed.{key}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -392,9 +405,15 @@ def format_plan(suite: Suite) -> str:
     lines = [f"suite {suite.name} ({suite.path}, sha256 {suite.sha256[:12]})"]
     if suite.description:
         lines.append("  " + " ".join(suite.description.split()))
+    if suite.overrides:
+        lines.append("  with " + " ".join(_item(k, v) for k, v in suite.overrides.items()))
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + rows]
     n_gpu = sum(1 for s in suite.trials if s.device.startswith("cuda"))
     n = len(suite.trials)
-    lines.append(f"{n} trials: {n - n_gpu} CPU, {n_gpu} GPU; time budget {suite.time_budget_s:g} s per trial, "
-                 f"{n * suite.time_budget_s:g} s if run one at a time")
+    timed = [s.budget_s for s in suite.trials if s.budget_s < math.inf]
+    budget = (f"time budget {suite.time_budget_s:g} s per trial" if suite.time_budget_s is not None
+              else f"time budget per mode ({DEFAULT_TIMING_BUDGET_S:g} s for timing)")
+    budget += f", {sum(timed):g} s if run one at a time" if timed else ""
+    budget += f"; {n - len(timed)} accuracy trials run until their epochs end" if len(timed) < n else ""
+    lines.append(f"{n} trials: {n - n_gpu} CPU, {n_gpu} GPU; {budget}")
     return "\n".join(lines)

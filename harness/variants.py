@@ -1,4 +1,4 @@
-"""LSTM variants: what is measured (a frozen, hashable spec) and the model it builds.
+"""LSTM variants: what is measured (a frozen, hashable spec, declared in harness.spec) and the model it builds.
 
 A variant is three choices:
   seq   how a 3x32x32 image becomes a sequence (rows, columns, pixels, k x k patches, or a conv stem's rows);
@@ -17,91 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import SpecError
-
-SEQS = ("row", "column", "pixel", "patch", "cnn")
-IMPLS = ("cudnn", "naive", "lstmcell")
-DTYPES = ("float32", "bfloat16")
-PATCH_SIZES = (2, 4, 8)
-LIMITS = {"hidden_size": 65536, "num_layers": 64, "batch_size": 1 << 20}  # sanity bounds, not targets
-CNN_CHANNELS = 64  # conv stem: 3 -> 32 -> 64, pool, 64, pool => 64 x 8 x 8; the 8 rows become 8 steps of 512
-
-
-@dataclass(frozen=True)
-class Variant:
-    seq: str = "row"
-    hidden_size: int = 128
-    num_layers: int = 2
-    impl: str = "cudnn"
-    batch_size: int = 256
-    dtype: str = "float32"  # bfloat16 = autocast, weights stay float32
-    bidirectional: bool = False
-    dropout: float = 0.0
-    patch_size: int | None = None  # only for seq=patch
-
-    def __post_init__(self):
-        validate_variant(self)
-
-    @property
-    def steps(self) -> int:
-        return seq_shape(self.seq, self.patch_size)[0]
-
-    @property
-    def features(self) -> int:
-        return seq_shape(self.seq, self.patch_size)[1]
-
-    @property
-    def label(self) -> str:
-        seq = f"patch{self.patch_size}" if self.seq == "patch" else self.seq
-        bi = "-bi" if self.bidirectional else ""
-        return f"{seq}/h{self.hidden_size}x{self.num_layers}{bi}/{self.impl}/b{self.batch_size}/{self.dtype}"
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise SpecError(msg)
-
-
-def validate_variant(v: Variant) -> None:
-    _check(v.seq in SEQS, f"unknown seq {v.seq!r} (choose from {', '.join(SEQS)})")
-    _check(v.impl in IMPLS, f"unknown impl {v.impl!r} (choose from {', '.join(IMPLS)})")
-    _check(v.dtype in DTYPES, f"unknown dtype {v.dtype!r} (choose from {', '.join(DTYPES)})")
-    for name in ("hidden_size", "num_layers", "batch_size"):
-        value = getattr(v, name)
-        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-               f"{name} must be a positive integer, got {value!r}")
-        _check(value <= LIMITS[name], f"{name} {value} is beyond what this harness sweeps (at most {LIMITS[name]})")
-    _check(isinstance(v.bidirectional, bool), f"bidirectional must be true or false, got {v.bidirectional!r}")
-    _check(isinstance(v.dropout, (int, float)) and not isinstance(v.dropout, bool) and 0.0 <= v.dropout < 1.0,
-           f"dropout must be in [0, 1), got {v.dropout!r}")
-    if v.seq == "patch":
-        _check(v.patch_size is not None, "seq patch needs a patch size (2, 4 or 8)")
-        _check(isinstance(v.patch_size, int) and not isinstance(v.patch_size, bool) and v.patch_size > 0
-               and 32 % v.patch_size == 0,
-               f"patch size {v.patch_size!r} does not divide 32 (choose from 2, 4, 8)")
-        _check(v.patch_size in PATCH_SIZES, f"patch size {v.patch_size} gives "
-               f"{(32 // v.patch_size) ** 2} steps; choose from 2, 4, 8")
-    else:
-        _check(v.patch_size is None, f"patch_size is only meaningful with seq patch, not seq {v.seq!r}")
-
-
-def seq_shape(seq: str, patch_size: int | None = None) -> tuple[int, int]:
-    """(steps, features per step) of a sequencing strategy."""
-    if seq in ("row", "column"):
-        return 32, 96
-    if seq == "pixel":
-        return 1024, 3
-    if seq == "patch":
-        return (32 // patch_size) ** 2, 3 * patch_size * patch_size
-    if seq == "cnn":
-        return 8, CNN_CHANNELS * 8
-    raise SpecError(f"unknown seq {seq!r}")
+# The spec of a variant (fields, defaults, validation) is declared with the other specs, in harness.spec;
+# re-exported here because the model code below and its callers know it as harness.variants.Variant.
+from .spec import CNN_CHANNELS, DTYPES, IMPLS, LIMITS, PATCH_SIZES, SEQS, Variant, seq_shape  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -176,11 +176,13 @@ def spec_problems(spec) -> list[str]:
     for name in ("hidden_size", "num_layers", "batch_size"):
         if not 1 <= getattr(v, name) <= LIMITS[name]:
             p.append(f"{name} {getattr(v, name)}")
-    numbers = [spec.time_budget_s, v.dropout, t.lr, t.weight_decay, t.warmup_epochs, t.label_smoothing,
-               *t.target_accuracy] + ([t.grad_clip] if t.grad_clip is not None else [])
+    # time_budget_s None: the mode's default (spec.budget_s; math.inf for accuracy, which stops at its epochs)
+    numbers = [v.dropout, t.lr, t.weight_decay, t.warmup_epochs, t.label_smoothing, *t.target_accuracy] + (
+        [t.grad_clip] if t.grad_clip is not None else []) + ([spec.time_budget_s] if spec.time_budget_s is not None
+                                                           else [])
     if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers):
         p.append(f"non-finite number in {numbers}")
-    if spec.time_budget_s <= 0 or t.lr <= 0 or t.epochs < 1:
+    if not spec.budget_s > 0 or t.lr <= 0 or t.epochs < 1:
         p.append("budget, lr or epochs not positive")
     return p
 
@@ -270,8 +272,8 @@ FLAGS = {
     "trial": TRIAL_FLAGS,
     "profile": {**TRIAL_FLAGS, "--out": "OUT"},
     "check": {"--device": TRIAL_FLAGS["--device"], "--hidden-size": INTS, "--tolerance": FLOATS, "--json": None},
-    "validate": {},
-    "run": {"--address": ["127.0.0.1:6379", "auto", "ray://127.0.0.1:10001", "", "nohost", "::::"],
+    "validate": {"--set": "SET"},
+    "run": {"--set": "SET", "--address": ["127.0.0.1:6379", "auto", "ray://127.0.0.1:10001", "", "nohost", "::::"],
             "--dry-run": None, "--resume": ["r1", "nope", "../../x", ""], "--out": "OUT",
             "--skip-infeasible": None, "--num-cpus": INTS, "--no-progress": None, "--quiet": None,
             "--report": None, "--data-root": None, "--download": None, "--allow-unofficial-data": None},
@@ -279,6 +281,10 @@ FLAGS = {
     "results": {"--json": None},
 }
 PATH_FLAGS = {"--data-root"}
+SETS = ["hidden_size=[8,16]", "impl=naive", "hidden_size=4", "lr=0.01", "num_layers=[1,2]", "modes=[train]",
+        "time_budget_s=0.2", "time_budget_s=null", "cpus_per_trial=2", "data=cifar10", "modes=accuracy",
+        "cpus_per_trail=1", "hidden_size", "=3", "seed=-1", "x=[1", "impl=[naive, turbo]", "lr=1e-3", "name=[x]",
+        "axes={}", "fixed=3", "exclude=[{impl: naive}]", "target_accuracy=[0.5]", "dropout=.nan"]
 FAST = ["--hidden-size", "8", "--num-layers", "1", "--batch-size", "8", "--time-budget-s", "0.3"]
 UNKNOWN = ["--bogus", "--hidden_size", "--hidden-sizes", "---seq", "-x", "--", "--seq=row", "--hidden-size=16",
            "--no-json", "-", "--out=rel-out", "--num-cpus=2", "--dry-run=yes", "--json=1"]
@@ -319,6 +325,8 @@ def argvs(draw, env: Env):
                 continue
             if choices == "OUT":
                 value = draw(st.sampled_from(env.out_dirs()))
+            elif choices == "SET":
+                value = draw(st.sampled_from(SETS))
             elif choices == "PATH" or name in PATH_FLAGS:
                 value = draw(st.sampled_from(env.paths()))
             elif op == "bad_flag":
@@ -432,3 +440,8 @@ def test_valid_commands_reach_the_stubs(env):
     invoke(env, ["run", str(env.good), "--num-cpus", "2", "--no-progress", "--quiet"])
     (kind, (suite, kw)), = env.calls
     assert kind == "run_suite" and suite.name == "good" and kw["num_cpus"] == 2 and len(suite.trials) == 2
+    assert suite.overrides == {}
+    invoke(env, ["run", str(env.good), "--set", "hidden_size=[8,16]", "--set", "seed=3", "--no-progress", "--quiet"])
+    (kind, (suite, kw)), = env.calls
+    assert suite.overrides == {"hidden_size": [8, 16], "seed": 3} and len(suite.trials) == 4
+    assert {(t.variant.hidden_size, t.seed) for t in suite.trials} == {(8, 3), (16, 3)}

@@ -101,7 +101,9 @@ def test_cross_product_count_and_order(tmp_path):
     assert got[:4] == [(16, "cudnn", "train"), (16, "cudnn", "infer"), (16, "naive", "train"), (16, "naive", "infer")]
     assert got[-1] == (32, "lstmcell", "infer")
     assert all(t.variant.num_layers == 1 and t.device == "cpu" and t.data == "synthetic" for t in suite.trials)
-    assert all(t.seed == 0 and t.repeat == 0 and t.threads == 1 and t.time_budget_s == 30 for t in suite.trials)
+    assert all(t.seed == 0 and t.repeat == 0 and t.threads == 1 for t in suite.trials)
+    # no time_budget_s in the file: each trial's mode decides (30 s for train and infer)
+    assert all(t.time_budget_s is None and t.budget_s == 30 for t in suite.trials)
 
 
 def test_exclude_removes_exactly_the_matching_trials(tmp_path):

@@ -120,3 +120,89 @@ def test_check_command_reports_every_seq_and_impl(capsys):
     assert {(r["seq"], r["impl"]) for r in rows} == {(s, i) for s in ("row", "column", "pixel", "patch2", "patch4",
                                                                       "patch8", "cnn") for i in ("naive", "lstmcell")}
     assert all(r["max_rel_error"] < 1e-5 and r["ok"] for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Which data a trial uses when --data is not given (the rule is in `lstm-bench trial --help`, under --data)
+
+TINY = ["--hidden-size", "16", "--num-layers", "1", "--batch-size", "32"]
+
+
+def handed_spec(monkeypatch, capsys, *args):
+    """The TrialSpec `lstm-bench trial ARGS` hands run_trial (stubbed: it stops there, nothing runs)."""
+    import harness.trial
+    from harness.errors import HarnessError
+    seen = []
+
+    def run_trial(spec, **kwargs):
+        seen.append((spec, kwargs))
+        raise HarnessError("stub: not run")
+
+    monkeypatch.setattr(harness.trial, "run_trial", run_trial)
+    rc = main(["trial", *args, "--json"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stub: not run" in err, err
+    (spec, kwargs), = seen
+    return spec, kwargs
+
+
+@pytest.mark.parametrize("args,data", [
+    ([], "synthetic"),
+    (["--mode", "accuracy"], "cifar10"),                      # synthetic data has no accuracy
+    (["--data-root", "somewhere"], "cifar10"),                # a folder means its dataset
+    (["--mode", "infer", "--data", "synthetic"], "synthetic"),
+    (["--mode", "train", "--data", "cifar10"], "cifar10"),
+])
+def test_data_default_follows_mode_and_data_root(monkeypatch, capsys, args, data):
+    spec, kwargs = handed_spec(monkeypatch, capsys, *TINY, *args)
+    assert spec.data == data
+    assert kwargs["data_root"] == (args[1] if args[:1] == ["--data-root"] else None)
+
+
+def test_accuracy_without_data_flag_trains_on_cifar10(capsys, tiny_cifar, monkeypatch):
+    monkeypatch.setenv("CIFAR10_ROOT", str(tiny_cifar))  # found the way a user's copy is found
+    rc, (r,) = run_json(capsys, "--mode", "accuracy", "--allow-unofficial-data", "--epochs", "1", *TINY)
+    assert rc == 0 and r["status"] == "ok", r.get("error")
+    assert r["data"] == "cifar10" and r["dataset"].startswith("unofficial:") and 0 <= r["test_acc"] <= 1
+
+
+def test_data_root_without_data_flag_uses_that_copy(capsys, tiny_cifar):
+    rc, (r,) = run_json(capsys, "--data-root", str(tiny_cifar), "--allow-unofficial-data", *FAST)
+    assert rc == 0 and r["data"] == "cifar10" and r["dataset"].startswith("unofficial:")
+
+
+def test_synthetic_data_with_a_data_root_is_one_line(capsys, tmp_path):
+    one_line_error(capsys, ["trial", "--data", "synthetic", "--data-root", str(tmp_path), *FAST],
+                   f"--data synthetic reads no dataset, but --data-root {tmp_path} was given")
+
+
+def test_accuracy_on_synthetic_data_is_still_one_line(capsys):
+    one_line_error(capsys, ["trial", "--mode", "accuracy", "--data", "synthetic", *FAST],
+                   "mode accuracy needs data cifar10")
+
+
+def test_time_budget_unset_means_the_modes_default(monkeypatch, capsys):
+    from harness.spec import DEFAULT_TIMING_BUDGET_S
+    spec, _ = handed_spec(monkeypatch, capsys, *TINY)
+    assert spec.time_budget_s is None and spec.budget_s == DEFAULT_TIMING_BUDGET_S
+    spec, _ = handed_spec(monkeypatch, capsys, *TINY, "--mode", "accuracy", "--data-root", "x")
+    assert spec.time_budget_s is None and spec.budget_s == float("inf")
+    spec, _ = handed_spec(monkeypatch, capsys, *TINY, "--mode", "accuracy", "--time-budget-s", "5", "--data-root", "x")
+    assert spec.time_budget_s == 5 and spec.budget_s == 5
+    assert spec.flat()["time_budget_s"] == 5
+
+
+def test_every_trial_flag_is_a_spec_field_with_its_default():
+    """The flags are generated from Variant, TrainConfig and TrialSpec: same names, same defaults."""
+    import dataclasses
+    from harness.cli import SUITE_ONLY, build_parser
+    from harness.spec import TrainConfig, TrialSpec, Variant
+    args = build_parser().parse_args(["trial"])
+    for cls in (Variant, TrainConfig, TrialSpec):
+        for f in dataclasses.fields(cls):
+            assert f.metadata["help"] and f.metadata["unit"], f.name
+            if f.name in SUITE_ONLY or f.name == "data":  # data: decided from --mode and --data-root
+                continue
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            assert getattr(args, f.name) == (list(default) if isinstance(default, tuple) else default), f.name
+    assert args.data is None

@@ -97,3 +97,71 @@ def test_gemm_flops_by_hand():
     # second layer's input is H (x2 directions when bidirectional)
     v2 = Variant(seq="row", hidden_size=8, num_layers=2, batch_size=2, bidirectional=True)
     assert lstm_gemm_flops(v2, "infer") == 2 * (2 * 2 * 32 * 32 * 104) + 2 * (2 * 2 * 32 * 32 * (16 + 8))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The spec: one rule per field (harness.spec.RULES), used by the dataclasses, the suites and the CLI
+
+
+def test_every_spec_field_has_a_rule_help_and_unit():
+    import dataclasses
+    from harness.spec import RULES, TrainConfig, TrialSpec
+    for cls in (Variant, TrainConfig, TrialSpec):
+        for f in dataclasses.fields(cls):
+            assert set(f.metadata) == {"help", "unit"} and f.metadata["help"] and f.metadata["unit"], f.name
+            assert "\n" not in f.metadata["help"], f.name
+            assert f.name in RULES or f.name in ("variant", "train", "suite"), f.name
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("hidden_size", True, "hidden_size must not be true/false, got True"),
+    ("hidden_size", 70000, "hidden_size 70000 is beyond what this harness sweeps (at most 65536)"),
+    ("lr", float("nan"), "lr must be a finite number, got nan"),
+    ("lr", "1e-3", "lr must be a number, got the string '1e-3' (YAML reads it as text: write 0.001)"),
+    ("lr", 0, "lr must be a positive number, got 0"),
+    ("weight_decay", -1, "weight_decay must be a number >= 0, got -1"),
+    ("label_smoothing", 1, "label_smoothing must be in [0, 1), got 1"),
+    ("target_accuracy", 0.5, "target_accuracy must be a list of fractions, got 0.5"),
+    ("target_accuracy", [0.5, 1.5], "target_accuracy values are fractions in (0, 1], got 1.5"),
+    ("seed", 2 ** 32, "seed must be an integer in [0, 2**32), got 4294967296"),
+    ("threads", 2000, "threads 2000 is more than this harness allows (1024)"),
+    ("device", "gpu", "unknown device 'gpu' (cpu, cuda or cuda:N)"),
+    ("data", "imagenet", "unknown data 'imagenet' (choose from cifar10, synthetic)"),
+    ("time_budget_s", -2, "time_budget_s must be a positive number, got -2"),
+    ("patch_size", 16, "patch size 16 gives 4 steps; choose from 2, 4, 8"),
+    ("bidirectional", 1, "bidirectional must be true or false, got 1"),
+])
+def test_one_rule_one_message(name, value, message):
+    from harness.spec import check_field
+    with pytest.raises(SpecError) as err:
+        check_field(name, value)
+    assert str(err.value) == message
+
+
+def test_rules_normalize_and_accept_unset():
+    from harness.spec import TrainConfig, TrialSpec, check_field
+    assert check_field("target_accuracy", [0.5, 0.7]) == (0.5, 0.7)
+    assert TrainConfig(target_accuracy=[0.5]).target_accuracy == (0.5,)  # hashable again
+    assert check_field("patch_size", None) is None and check_field("time_budget_s", None) is None
+    with pytest.raises(SpecError, match="mode accuracy needs data cifar10"):
+        TrialSpec(Variant(), mode="accuracy")
+
+
+def test_budget_is_per_mode_unless_given():
+    import math
+    from harness.spec import DEFAULT_TIMING_BUDGET_S, TrialSpec
+    for mode in ("train", "infer", "profile"):
+        assert TrialSpec(Variant(), mode=mode).budget_s == DEFAULT_TIMING_BUDGET_S == 30.0
+    acc = TrialSpec(Variant(), mode="accuracy", data="cifar10")
+    assert acc.budget_s == math.inf and acc.flat()["time_budget_s"] is None  # JSON holds no inf
+    given = TrialSpec(Variant(), mode="accuracy", data="cifar10", time_budget_s=60)
+    assert given.budget_s == 60.0 and given.trial_id == acc.trial_id  # the budget is not the trial's identity
+
+
+def test_trial_ids_are_the_ones_results_already_hold():
+    """trial_id hashes the same fields to the same value as before the spec moved to harness.spec."""
+    from harness.spec import TrainConfig, TrialSpec
+    assert TrialSpec(Variant()).trial_id == "4968bccaa6cf"
+    spec = TrialSpec(Variant(seq="patch", patch_size=4, dropout=0), mode="accuracy", data="cifar10",
+                     time_budget_s=5, train=TrainConfig(lr=1, target_accuracy=(0.5, 1)))
+    assert spec.trial_id == "bf99f05868cd"
