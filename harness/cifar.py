@@ -13,7 +13,6 @@ import io
 import os
 import pickle
 import posixpath
-import struct
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -305,93 +304,3 @@ def _unofficial_error(path: Path, source: str) -> DataError:
         f"{path}: does not match the official CIFAR-10 md5 ({source.replace(':', ' copy ')}); "
         "pass --allow-unofficial-data to use it"
     )
-
-
-def synthetic_cifar10(n_train: int = 50000, n_test: int = 10000, seed: int = 0) -> Cifar10Arrays:
-    """Random images and labels with CIFAR-10's shapes, for runs that only measure speed."""
-    rng = np.random.default_rng(seed)
-    return Cifar10Arrays(
-        train_images=rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8),
-        train_labels=rng.integers(0, 10, n_train, dtype=np.int64),
-        test_images=rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8),
-        test_labels=rng.integers(0, 10, n_test, dtype=np.int64),
-        source="synthetic",
-        root="synthetic",
-    )
-
-
-# --------------------------------------------------------------------------- writing (tests, fixtures)
-
-
-class _Py2StylePickler(pickle._Pickler):
-    """Protocol 2 with bytes written as Python 2 strings, as in the official batches. The stock
-    pickler would write bytes as _codecs.encode(...) calls, a global the official files never use."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_bytes(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_bytes
-
-
-def _dumps(obj) -> bytes:
-    buf = io.BytesIO()
-    _Py2StylePickler(buf, protocol=2).dump(obj)
-    return buf.getvalue()
-
-
-def _batch_files(train_images, train_labels, test_images, test_labels, n_train_batches: int) -> dict[str, bytes]:
-    # n_train_batches < 5 writes an incomplete copy (data_batch_1..n), which loaders must reject.
-    def batch(images, labels, label: str, prefix: str) -> bytes:
-        images = np.ascontiguousarray(images, dtype=np.uint8).reshape(len(images), 3072)
-        return _dumps({
-            b"batch_label": label.encode(),
-            b"labels": [int(y) for y in labels],
-            b"data": images,
-            b"filenames": [f"{prefix}_{i:05d}.png".encode() for i in range(len(images))],
-        })
-
-    files = {}
-    splits = np.array_split(np.arange(len(train_images)), n_train_batches)
-    for i, idx in enumerate(splits, start=1):
-        files[f"data_batch_{i}"] = batch(
-            np.asarray(train_images)[idx], np.asarray(train_labels)[idx], f"training batch {i} of {n_train_batches}", f"train{i}"
-        )
-    files["test_batch"] = batch(test_images, test_labels, "testing batch 1 of 1", "test")
-    files[META_FILE] = _dumps({
-        b"num_cases_per_batch": len(splits[0]),
-        b"label_names": [n.encode() for n in LABEL_NAMES],
-        b"num_vis": 3072,
-    })
-    return files
-
-
-def write_cifar10_folder(
-    folder: Path, train_images, train_labels, test_images, test_labels, n_train_batches: int = 5
-) -> Path:
-    """Write folder/cifar-10-batches-py/ in the official format; returns the batches folder."""
-    out = Path(folder) / BATCHES_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in _batch_files(train_images, train_labels, test_images, test_labels, n_train_batches).items():
-        (out / name).write_bytes(data)
-    return out
-
-
-def write_cifar10_tarball(
-    folder: Path, train_images, train_labels, test_images, test_labels, n_train_batches: int = 5
-) -> Path:
-    """Write folder/cifar-10-python.tar.gz with the same content as write_cifar10_folder; returns it."""
-    out = Path(folder) / TARBALL
-    out.parent.mkdir(parents=True, exist_ok=True)
-    files = _batch_files(train_images, train_labels, test_images, test_labels, n_train_batches)
-    with tarfile.open(out, "w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"{BATCHES_DIR}/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return out

@@ -98,87 +98,104 @@ def spec_from_args(a) -> "TrialSpec":
     return TrialSpec(variant=Variant(**values[Variant]), train=TrainConfig(**values[TrainConfig]), **trial)
 
 
-TRIAL_TABLE = (("trial_id", "{}"), ("mode", "{}"), ("device", "{}"), ("backend", "{}"), ("status", "{}"),
-               ("img_per_s", "{:,.1f}"), ("img_per_s_iqr", "{:,.1f}"), ("latency_ms_p50", "{:.2f}"),
-               ("latency_ms_p90", "{:.2f}"), ("latency_ms_p99", "{:.2f}"), ("peak_mem_mb", "{:,.1f}"),
-               ("gflop_per_s", "{:,.2f}"), ("launches_per_step", "{:,.0f}"), ("gemm_share", "{:.3f}"),
-               ("top_kernel", "{}"), ("noisy", "{}"), ("noise_reasons", "{}"), ("test_acc", "{:.4f}"),
-               ("best_test_acc", "{:.4f}"), ("epochs_run", "{}"), ("stopped_by", "{}"),
-               ("train_img_per_s", "{:,.1f}"), ("time_to_target_s", "{}"), ("dataset", "{}"), ("threads", "{}"),
-               ("gpu_name", "{}"), ("duration_s", "{:.1f}"), ("error", "{}"))
-
-
 def format_record(r: dict) -> str:
-    from .variants import Variant
+    """One trial as `lstm-bench trial` prints it: its label, then the fields of schema.TRIAL_COLUMNS it has."""
+    from .schema import TRIAL_COLUMNS, all_fields
+    from .spec import Variant
+    fields = all_fields()
     lines = [f"{Variant(**{k: r[k] for k in Variant.__dataclass_fields__}).label}"]
-    for key, fmt in TRIAL_TABLE:
+    for key in TRIAL_COLUMNS:
         value = r.get(key)
         if value is None or value == "":
             continue
         try:
-            text = fmt.format(value)
+            text = fields[key].fmt.format(value)
         except (ValueError, TypeError):
             text = str(value)
         lines.append(f"  {key:<16} {text}")
     return "\n".join(lines)
 
 
+def format_table(df) -> str:
+    """A run's trials as `lstm-bench results` and `run` print them: the schema's summary columns."""
+    import pandas as pd
+
+    from .schema import SUMMARY_COLUMNS
+    from .spec import seq_label
+    if df.empty:
+        return "(no trials)"
+    view = df[[c for c in SUMMARY_COLUMNS if c in df.columns]].copy()
+    if "patch_size" in view:
+        view["seq"] = [seq_label(s, p) for s, p in zip(view["seq"], view["patch_size"])]
+        view = view.drop(columns="patch_size")
+    view = view.sort_values([c for c in ("device", "mode", "seq", "hidden_size", "num_layers", "impl") if c in view],
+                            kind="stable")
+    with pd.option_context("display.max_rows", None, "display.width", 250, "display.max_columns", None,
+                           "display.float_format", lambda v: f"{v:,.2f}"):
+        return view.to_string(index=False)
+
+
 def to_json(record: dict) -> str:
-    from .results import jsonable
+    from .store import jsonable
     return json.dumps(jsonable(record))
 
 
 # ---- subcommands ------------------------------------------------------------------------------------------
+
+def report_trial(a, record: dict) -> int:
+    print(to_json(record) if a.json else format_record(record), flush=True)
+    if record["status"] != "ok":
+        print(f"lstm-bench: trial {record['trial_id']} failed: {record.get('error')}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
 
 def cmd_trial(a) -> int:
     from .trial import run_trial
     spec = spec_from_args(a)
     if spec.mode == "profile":
         raise HarnessError("trial --mode profile: use `lstm-bench profile ... --out DIR` (traces need a folder)")
-    record = run_trial(spec, data_root=a.data_root, allow_unofficial=a.allow_unofficial_data, download=a.download)
-    print(to_json(record) if a.json else format_record(record), flush=True)
-    if record["status"] != "ok":
-        print(f"lstm-bench: trial {record['trial_id']} failed: {record.get('error')}", file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+    result = run_trial(spec, data_root=a.data_root, allow_unofficial=a.allow_unofficial_data, download=a.download)
+    return report_trial(a, result.record)
 
 
 def cmd_profile(a) -> int:
     import dataclasses
     from pathlib import Path
-    from .profile import consolidate_kernels, store_profile
-    from .results import RunStore
+
+    from .store import RunStore
     from .trial import run_trial
     spec = dataclasses.replace(spec_from_args(a), mode="profile")
     out = Path(a.out)
-    record = run_trial(spec, data_root=a.data_root, allow_unofficial=a.allow_unofficial_data, download=a.download)
-    record = store_profile(out, record)  # out/profiles/<trial_id>/{trace, kernels.parquet}
+    result = run_trial(spec, data_root=a.data_root, allow_unofficial=a.allow_unofficial_data, download=a.download)
     store = RunStore(out).open()
-    try:
-        store.append(record)  # out/trials.jsonl, so `lstm-bench results/report DIR` work on it
+    try:  # out/profiles/<trial_id>/{trace, kernels.parquet} and out/trials.jsonl: `results`/`report DIR` work on it
+        record = store.add(result)
     finally:
         store.close()
-    consolidate_kernels(out)
-    print(to_json(record) if a.json else format_record(record), flush=True)
-    if record["status"] != "ok":
-        print(f"lstm-bench: trial {record['trial_id']} failed: {record.get('error')}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"trace: tensorboard --logdir {out / 'profiles'}; kernels: {out / 'kernels.parquet'}", file=sys.stderr)
-    return 0
+    store.consolidate()
+    code = report_trial(a, record)
+    if code == 0:
+        print(f"trace: tensorboard --logdir {out / 'profiles'}; kernels: {out / 'kernels.parquet'}", file=sys.stderr)
+    return code
 
 
 def cmd_check(a) -> int:
-    from .parity import check
-    from .trial import resolve_device
+    from .parity import TOLERANCE, check
+    from .spec import check_field
+    from .steps import resolve_device
     if a.tolerance is not None and not (math.isfinite(a.tolerance) and a.tolerance >= 0):
         raise HarnessError(f"check: --tolerance must be a finite number >= 0, got {a.tolerance}")
     if not 1 <= a.hidden_size <= 1024:
         raise HarnessError(f"check: --hidden-size must be in 1..1024 (a parity check needs no big model), "
                            f"got {a.hidden_size}")
+    dtype = check_field("dtype", a.dtype)
     device = resolve_device(a.device)
+    if (device.type, dtype) not in TOLERANCE:
+        raise HarnessError(f"check: dtype {dtype} needs a CUDA device (TF32 is a tensor-core mode)")
     if a.tolerance is None:
-        a.tolerance = 1e-5 if device.type == "cpu" else 1e-4
-    rows = check(device, hidden_size=a.hidden_size)
+        a.tolerance = TOLERANCE[(device.type, dtype)]
+    rows = check(device, hidden_size=a.hidden_size, dtype=dtype)
     worst = {}
     for r in rows:
         key = (r["seq"], r["impl"])
@@ -186,9 +203,10 @@ def cmd_check(a) -> int:
     if a.json:
         for (seq, impl), err in worst.items():
             print(json.dumps({"seq": seq, "impl": impl, "max_rel_error": err, "device": str(device),
-                              "ok": err <= a.tolerance}))
+                              "dtype": dtype, "tolerance": a.tolerance, "ok": err <= a.tolerance}))
     else:
-        print(f"largest relative error against cudnn (logits and every gradient, layers 1-3) on {device}:")
+        print(f"largest relative error against cudnn (logits and every gradient, layers 1-3) on {device}, "
+              f"{dtype} (tolerance {a.tolerance:g}):")
         print(f"  {'seq':<8} {'impl':<9} {'max rel err':>12}")
         for (seq, impl), err in worst.items():
             print(f"  {seq:<8} {impl:<9} {err:>12.2e}{'' if err <= a.tolerance else '   > tolerance!'}")
@@ -222,7 +240,7 @@ def cmd_run(a) -> int:
         print(format_plan(suite))
         return 0
     from .cluster import run_suite
-    from .results import format_table, read_records
+    from .store import read_records
     # Ctrl-C (and SIGTERM, e.g. a cancelled Ray job) stop submitting and keep what finished. A shell starts
     # background jobs with SIGINT ignored; restore the default so Ctrl-C always reaches us.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -273,7 +291,7 @@ def cmd_report(a) -> int:
 
 
 def cmd_results(a) -> int:
-    from .results import format_table, read_records
+    from .store import read_records
     df = read_records(a.run_dir)
     if a.json:
         for rec in df.to_dict(orient="records"):
@@ -304,9 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="do cudnn, naive and lstmcell compute the same function here?")
     c.add_argument("--device", default="cpu")
     c.add_argument("--hidden-size", type=int, default=32)
+    c.add_argument("--dtype", default="float32",
+                   help="precision checked, set as a trial of that dtype sets it: float32 (strict), tf32 (CUDA), bfloat16")
     c.add_argument("--tolerance", type=float, default=None,
-                   help="largest relative error accepted (default 1e-5 on CPU; 1e-4 on CUDA, whose GEMMs sum in "
-                        "another order: 1.6e-5 seen on an H200 with TF32 off)")
+                   help="largest relative error accepted (default per device and dtype: harness.parity.TOLERANCE)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
 

@@ -1,20 +1,25 @@
 """Timing one step function until the numbers are stable -- and saying so when they are not.
 
 Method (after torch.utils.benchmark's blocked_autorange):
-  1. warm-up: at least 3 steps and at least `warmup_s`, excluded from every figure (allocator, cuDNN
-     autotuning, lazy init);
+  1. warm-up, excluded from every figure (allocator, cuDNN autotuning, lazy init, caches, clocks): at least
+     `warmup_min_s` (1 s), and on until the throughput of two consecutive warm-up blocks agrees within `settle`
+     (2%); capped at a quarter of `max_budget_s`, after which the trial is flagged "warm-up unsettled";
   2. timed blocks of n steps, n chosen so a block lasts about `block_s`; each step is timed on its own
      (CUDA events on GPU, recorded without syncing between steps; time.perf_counter on CPU, where steps are
      synchronous);
-  3. blocks repeat until there are at least `min_blocks` and the interquartile range of per-block images/s is
-     within `rel_iqr` of the median, or the time budget runs out.
+  3. blocks repeat until there are at least `min_blocks` blocks and `min_steps` steps (the sample floor: 5 and
+     50) and the interquartile range of per-block images/s is within `rel_iqr` of the median, or the time
+     budget ends. The budget stretches up to `max_budget_s` to meet the floor (never for the spread); a trial
+     that still misses it is flagged "insufficient samples". Latency p90 needs 20 timed steps, p99 100: below
+     that they are null (p99 of five samples is their maximum).
 
-Noise: a measurement is `noisy` when the spread stayed wide, or when other processes used CPU time that
-the trial needed. On the 2-core machines here a second busy process made a row/128 training step 30x
-slower (shared/anchors.md). The 1-minute load average lags and counts this process's own threads, so
-instead we read what the whole machine spent (/proc/stat) minus what this process spent during the timed
-window: that is the CPU time other processes took, in cores. If it exceeds the cores the trial left free
-(available cores - threads used), the trial competed for its cores and the result is flagged.
+Noise: a measurement is `noisy` when the spread stayed wide, the floor was missed, the warm-up never settled,
+or other processes used CPU time that the trial needed. On the 2-core machines here a second busy process made
+a row/128 training step 30x slower (shared/anchors.md). The 1-minute load average lags and counts this
+process's own threads, so instead we read what the whole machine spent (/proc/stat) minus what this process
+spent during the timed window: that is the CPU time other processes took, in cores. If it exceeds the cores
+the trial left free (available cores - threads used), the trial competed for its cores and the result is
+flagged.
 """
 
 from __future__ import annotations
@@ -22,11 +27,17 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import psutil
 import torch
+
+from .steps import sync
+
+
+MIN_STEPS, MIN_BLOCKS = 50, 5     # the sample floor of every timing trial (tests may lower it)
+PCT_MIN_STEPS = {90: 20, 99: 100}  # fewer timed steps than this: that percentile is null
 
 
 @dataclass(frozen=True)
@@ -42,7 +53,11 @@ class Measurement:
     free_cores: float                  # cores this trial did not ask for (available - threads)
     budget_exhausted: bool
     rel_iqr_target: float = 0.05
-    notes: tuple[str, ...] = field(default=())
+    warmup_settled: bool = True
+    min_steps: int = MIN_STEPS
+    min_blocks: int = MIN_BLOCKS
+    timed_start: float = 0.0           # epoch seconds: the timed window
+    timed_end: float = 0.0
 
     @property
     def block_img_per_s(self) -> list[float]:
@@ -61,24 +76,38 @@ class Measurement:
     def rel_iqr(self) -> float:
         return self.img_per_s_iqr / self.img_per_s if self.img_per_s else float("inf")
 
-    def latency_ms(self, pct: float) -> float:
+    def latency_ms(self, pct: float) -> float | None:
+        if len(self.step_times_s) < PCT_MIN_STEPS.get(pct, 1):
+            return None
         return 1000.0 * percentile(self.step_times_s, pct)
 
     @property
     def noise_reasons(self) -> list[str]:
         reasons = []
-        if len(self.block_times_s) < 3:
-            reasons.append(f"only {len(self.block_times_s)} timed block(s) fit the time budget")
+        blocks, steps = len(self.block_times_s), len(self.step_times_s)
+        if blocks < self.min_blocks or steps < self.min_steps:
+            reasons.append(f"insufficient samples: {steps} steps in {blocks} blocks "
+                           f"(the floor is {self.min_steps} in {self.min_blocks})")
+        if not self.warmup_settled:
+            reasons.append("warm-up unsettled: block throughput still drifting when the warm-up cap was reached")
         if self.rel_iqr > self.rel_iqr_target:
             reasons.append(f"IQR {100 * self.rel_iqr:.1f}% of median > {100 * self.rel_iqr_target:.0f}%")
-        if self.external_cores > self.free_cores + 0.5:
-            reasons.append(f"other processes used {self.external_cores:.1f} cores; "
-                           f"{self.free_cores:.0f} were free")
+        contention = contention_reason(self.external_cores, self.free_cores)
+        if contention:
+            reasons.append(contention)
         return reasons
 
     @property
     def noisy(self) -> bool:
         return bool(self.noise_reasons)
+
+
+def contention_reason(external_cores: float, free_cores: float) -> str | None:
+    """The noise rule for CPU contention, in one place: other processes took more cores than the trial left free
+    (half a core of slack for the kernel and Ray's own daemons)."""
+    if external_cores > free_cores + 0.5:
+        return f"other processes used {external_cores:.1f} cores; {free_cores:.0f} were free"
+    return None
 
 
 def quartiles(xs: list[float]) -> tuple[float, float]:
@@ -124,61 +153,80 @@ class CpuAccount:
         return max(0.0, ((busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9))
 
 
-def measure(step: Callable[[], object], *, batch_size: int, device: torch.device, threads: int,
-            budget_s: float = 30.0, warmup_s: float = 1.0, block_s: float | None = None,
-            min_blocks: int = 5, rel_iqr: float = 0.05) -> Measurement:
-    """Time `step` (one batch of `batch_size` images) until stable or out of budget."""
-    cuda = device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
-    block_s = block_s or (0.1 if cuda else 0.25)
-    t0 = time.perf_counter()
-
-    # Warm-up: excluded from every figure.
-    warm_steps, last = 0, 0.0
-    while warm_steps < 3 or (time.perf_counter() - t0 < warmup_s and time.perf_counter() - t0 < 0.2 * budget_s):
-        s = time.perf_counter()
-        step()
-        sync()
-        last = time.perf_counter() - s
-        warm_steps += 1
-    warm_time = time.perf_counter() - t0
-    n = max(1, round(block_s / max(last, 1e-6)))
-
-    account = CpuAccount()
-    blocks, steps = [], []
-    deadline = t0 + budget_s
-    exhausted = False
-    while True:
-        if cuda:
+def _block(step, n: int, device: torch.device) -> tuple[float, list[float]]:
+    """Run n steps; (block wall time, each step's time). CUDA: events between steps, one sync at the end."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
             events = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)]
             events[0].record()
             for i in range(n):
                 step()
                 events[i + 1].record()
             events[-1].synchronize()
-            per_step = [events[i].elapsed_time(events[i + 1]) / 1000.0 for i in range(n)]
-            blocks.append(events[0].elapsed_time(events[-1]) / 1000.0)
-        else:
-            per_step = []
-            start = prev = time.perf_counter()
-            for _ in range(n):
-                step()
-                now = time.perf_counter()
-                per_step.append(now - prev)
-                prev = now
-            blocks.append(prev - start)
+        return (events[0].elapsed_time(events[-1]) / 1000.0,
+                [events[i].elapsed_time(events[i + 1]) / 1000.0 for i in range(n)])
+    per_step = []
+    start = prev = time.perf_counter()
+    for _ in range(n):
+        step()
+        now = time.perf_counter()
+        per_step.append(now - prev)
+        prev = now
+    return prev - start, per_step
+
+
+def measure(step: Callable[[], object], *, batch_size: int, device: torch.device, threads: int,
+            budget_s: float = 30.0, max_budget_s: float | None = None, warmup_min_s: float = 1.0,
+            settle: float = 0.02, block_s: float | None = None, min_blocks: int = MIN_BLOCKS,
+            min_steps: int = MIN_STEPS, rel_iqr: float = 0.05) -> Measurement:
+    """Time `step` (one batch of `batch_size` images) until stable or out of budget (see the module doc)."""
+    max_budget_s = max(budget_s, max_budget_s if max_budget_s is not None else 4 * budget_s)
+    block_s = block_s or (0.1 if device.type == "cuda" else 0.25)
+    t0 = time.perf_counter()
+
+    # Warm-up: three single steps to size a block, then blocks until two in a row agree; excluded from all figures.
+    warm_steps, last = 0, 0.0
+    while warm_steps < 3:
+        s = time.perf_counter()
+        step()
+        sync(device)
+        last, warm_steps = time.perf_counter() - s, warm_steps + 1
+    cap, prev_rate, settled = t0 + max_budget_s / 4, None, False
+    while time.perf_counter() < cap:
+        n = max(1, round(block_s / max(last, 1e-6)))
+        took, _ = _block(step, n, device)
+        warm_steps, last, rate = warm_steps + n, took / n, n / took
+        settled = prev_rate is not None and abs(rate - prev_rate) <= settle * prev_rate
+        if settled and time.perf_counter() - t0 >= warmup_min_s:
+            break
+        prev_rate = rate
+    warm_time = time.perf_counter() - t0
+    n = max(1, round(block_s / max(last, 1e-6)))
+
+    account = CpuAccount()
+    blocks, steps = [], []
+    timed_start = time.time()
+    t1 = time.perf_counter()
+    soft, hard = t0 + budget_s, t0 + max_budget_s
+    exhausted = False
+    while True:
+        took, per_step = _block(step, n, device)
+        blocks.append(took)
         steps.extend(per_step)
-        if len(blocks) >= min_blocks:
+        floor_met = len(blocks) >= min_blocks and len(steps) >= min_steps
+        if floor_met:
             ips = [batch_size * n / t for t in blocks]
             q1, q3 = quartiles(ips)
             if (q3 - q1) <= rel_iqr * statistics.median(ips):
                 break
-        # Stop before a block that would overrun the budget (keep at least one block).
-        if time.perf_counter() + blocks[-1] > deadline:
+        # Stop before a block that would overrun the budget (stretched to `hard` only to meet the floor).
+        if time.perf_counter() + blocks[-1] > (soft if floor_met else hard):
             exhausted = True
             break
+    timed_end = timed_start + (time.perf_counter() - t1)
     external = account.external_cores()
     return Measurement(batch_size=batch_size, block_steps=n, block_times_s=tuple(blocks),
                        step_times_s=tuple(steps), warmup_steps=warm_steps, warmup_s=warm_time,
                        external_cores=external, free_cores=max(0, available_cores() - threads),
-                       budget_exhausted=exhausted, rel_iqr_target=rel_iqr)
+                       budget_exhausted=exhausted, rel_iqr_target=rel_iqr, warmup_settled=settled,
+                       min_steps=min_steps, min_blocks=min_blocks, timed_start=timed_start, timed_end=timed_end)

@@ -5,21 +5,20 @@ optimizer step: trial.train_step_fn) under torch.profiler with schedule wait=1, 
 step 0 runs unprofiled (lazy init, cuDNN plan selection, allocator growth), steps 1-2 run the profiler
 without keeping events, steps 3-5 are recorded. Activities: CPU always, plus CUDA on a cuda device.
 
-What comes back is plain data, because the trial may run on a Ray worker that shares no filesystem with the
+What comes back is plain data (run_profile returns record fields, artifacts, kernel rows; run_trial packs them
+into a schema.TrialResult), because the trial may run on a Ray worker that shares no filesystem with the
 driver:
 
-  _artifacts  {file name: bytes}: the TensorBoard trace(s) that torch.profiler.tensorboard_trace_handler
+  artifacts   {file name: bytes}: the TensorBoard trace(s) that torch.profiler.tensorboard_trace_handler
               wrote into a temporary directory, under the handler's own names
               (`<host>_<pid>.<ts>.pt.trace.json.gz`), so that torch-tb-profiler recognises them once the driver
-              writes them to RUN_DIR/profiles/<trial_id>/ (write_artifacts) -- `tensorboard --logdir
+              writes them to RUN_DIR/profiles/<trial_id>/ (store.write_artifacts) -- `tensorboard --logdir
               RUN_DIR/profiles` then shows one run per trial.
-  _kernels    one dict per row (KERNEL_COLUMNS): on GPU a row is a device kernel (or memcpy/memset) name, on CPU
+  kernels     one dict per row (KERNEL_COLUMNS): on GPU a row is a device kernel (or memcpy/memset) name, on CPU
               an ATen operator (`aten::...`). Times are *self* times, so nothing is counted twice: an
               operator's self CPU time excludes the operators it called, and a kernel's device time is its own.
-              The driver collects every trial's rows into RUN_DIR/kernels.parquet (kernels_frame).
-  plain record fields: see run_profile.
-
-Both `_` keys are for the driver to pop before the record is stored.
+              The driver collects every trial's rows into RUN_DIR/kernels.parquet (store.kernels_frame).
+  record fields: see run_profile.
 """
 
 from __future__ import annotations
@@ -37,10 +36,10 @@ import torch
 
 from .errors import HarnessError
 from .spec import TrialSpec
+from .steps import PeakMemory, detect_backend, make_optimizer, sync, train_step_fn
+from .variants import build_model
 
 CATEGORIES = ("gemm", "elementwise", "reduction", "memcpy", "cudnn-rnn", "other")
-KERNEL_COLUMNS = ("name", "category", "calls", "self_device_time_us", "self_cpu_time_us", "share_of_step",
-                  "launches_per_step")
 NOISE_REASON = "profiled run: timings include profiler overhead"
 MAX_TRACE_MB = 256.0  # traces beyond this are not shipped back through Ray (the record says so)
 
@@ -110,8 +109,8 @@ def classify(name: str) -> str:
 
 def run_profile(spec: TrialSpec, data, device: torch.device, *, record_shapes: bool = False,
                 profile_memory: bool = False, with_stack: bool = False, wait: int = 1, warmup: int = 2,
-                active: int = 3, max_trace_mb: float = MAX_TRACE_MB) -> dict:
-    """Profile `active` training steps of `spec` and return record fields plus `_artifacts` and `_kernels`.
+                active: int = 3, max_trace_mb: float = MAX_TRACE_MB) -> tuple[dict, dict[str, bytes], list[dict]]:
+    """Profile `active` training steps of `spec`: (record fields, trace files by name, kernel rows).
 
     Record fields:
       launches_per_step       GPU: device activities (kernels, memcpys, memsets) per step; CPU: ATen operator
@@ -132,9 +131,6 @@ def run_profile(spec: TrialSpec, data, device: torch.device, *, record_shapes: b
     """
     from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
-    from .trial import PeakMemory, detect_backend, make_optimizer, train_step_fn
-    from .variants import build_model
-
     if min(wait, warmup) < 0 or active < 1:
         raise HarnessError(f"profile schedule needs wait, warmup >= 0 and active >= 1 "
                            f"(got wait={wait}, warmup={warmup}, active={active})")
@@ -146,10 +142,6 @@ def run_profile(spec: TrialSpec, data, device: torch.device, *, record_shapes: b
     model = build_model(v).to(device)
     model.train()
     step = train_step_fn(model, make_optimizer(model, spec), batches, spec, device)
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     first_active, total = wait + warmup, wait + warmup + active
@@ -165,12 +157,12 @@ def run_profile(spec: TrialSpec, data, device: torch.device, *, record_shapes: b
             # "Profiler clears events at the end of each cycle": there is one cycle here
             warnings.filterwarnings("ignore", message=".*clears events at the end of each cycle")
             if first_active == 0:
-                sync()
+                sync(device)
                 t_start = time.perf_counter()
             for i in range(total):
                 step()
                 if i in (first_active - 1, total - 1):
-                    sync()
+                    sync(device)
                 if i == total - 1:
                     t_end = time.perf_counter()  # before prof.step(), which writes the trace
                 prof.step()
@@ -206,9 +198,7 @@ def run_profile(spec: TrialSpec, data, device: torch.device, *, record_shapes: b
         record["profile_trace_omitted"] = (f"trace of {trace_bytes / 2**20:.0f} MB exceeds {max_trace_mb:g} MB; "
                                            f"profile fewer steps or a smaller variant")
         artifacts = {}
-    record["_artifacts"] = artifacts
-    record["_kernels"] = rows
-    return record
+    return record, artifacts, rows
 
 
 def _is_aten_op(e) -> bool:
@@ -279,107 +269,3 @@ def summarize_rows(rows: list[dict], steps: int) -> dict:
         "top_kernel": rows[0]["name"] if rows else None,
         "op_time_ms_per_step": sum(times) / 1000.0 / steps,
     }
-
-
-# ---- on the driver ---------------------------------------------------------------------------------------
-
-class ArtifactError(HarnessError):
-    """An artifact name that would escape its trial's profile directory."""
-
-
-def _safe_name(name, what: str) -> str:
-    if not isinstance(name, str) or not name or name in (".", "..") or ".." in name or "\x00" in name \
-            or "/" in name or "\\" in name or (os.altsep and os.altsep in name) or os.sep in name:
-        raise ArtifactError(f"refusing {what} {name!r}: it must be a plain file name "
-                            f"(no path separators, no '..')")
-    return name
-
-
-def write_artifacts(run_dir: Path, trial_id: str, artifacts: dict[str, bytes]) -> Path:
-    """Write a profile's `_artifacts` to run_dir/profiles/<trial_id>/ and return that directory.
-    Every name is checked before anything is written; each file is written whole (temp file, then rename)."""
-    _safe_name(trial_id, "trial id")
-    for name, blob in artifacts.items():
-        _safe_name(name, "artifact name")
-        if not isinstance(blob, (bytes, bytearray, memoryview)):
-            raise ArtifactError(f"artifact {name!r} is {type(blob).__name__}, not bytes")
-    dest = Path(run_dir) / "profiles" / trial_id
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        for name, blob in artifacts.items():
-            tmp = dest / f".{name}.tmp"
-            tmp.write_bytes(bytes(blob))
-            os.replace(tmp, dest / name)
-    except OSError as exc:
-        raise HarnessError(f"cannot write profile of trial {trial_id} to {dest}: {exc.strerror or exc}") from None
-    return dest
-
-
-def kernels_frame(records_kernels: list[tuple[str, list[dict]]]):
-    """[(trial_id, _kernels rows), ...] -> one pandas DataFrame (trial_id + KERNEL_COLUMNS), for kernels.parquet."""
-    import pandas as pd
-    rows = [{"trial_id": tid, **{c: r.get(c) for c in KERNEL_COLUMNS}}
-            for tid, kernels in records_kernels for r in (kernels or [])]
-    df = pd.DataFrame(rows, columns=["trial_id", *KERNEL_COLUMNS])
-    df["trial_id"] = df["trial_id"].astype("string")
-    df["name"] = df["name"].astype("string")
-    df["category"] = df["category"].astype("string")
-    df["calls"] = pd.to_numeric(df["calls"]).astype("int64")
-    for c in ("self_device_time_us", "self_cpu_time_us", "share_of_step", "launches_per_step"):
-        df[c] = pd.to_numeric(df[c]).astype("float64")
-    return df
-
-
-PROFILES = "profiles"          # RUN_DIR/profiles/<trial_id>/: the trace(s) and that trial's kernels.parquet
-KERNELS = "kernels.parquet"    # RUN_DIR/kernels.parquet: every profiled trial's rows, with trial_id
-_TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
-
-
-def _write_parquet(df, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise HarnessError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
-
-
-def store_profile(run_dir: Path, record: dict) -> dict:
-    """On the driver, as a record arrives: pop `_artifacts` and `_kernels` from a profile record and write them
-    under run_dir/profiles/<trial_id>/ (the trace(s), and that trial's rows as kernels.parquet), replacing an
-    earlier profile of the same trial; sets `profile_dir` (relative to run_dir) on the record. A record without
-    those keys (not a profile, or a failed one) is left as it is. Returns the record, now plain JSON values."""
-    artifacts = record.pop("_artifacts", None)
-    kernels = record.pop("_kernels", None)
-    if artifacts is None and kernels is None:
-        return record
-    trial_id = _safe_name(record.get("trial_id"), "trial id")
-    dest = Path(run_dir) / PROFILES / trial_id
-    if dest.is_dir() and artifacts:  # the latest record of a trial wins: so does its trace
-        for old in dest.iterdir():
-            if old.is_file() and old.name.endswith(_TRACE_SUFFIXES) and old.name not in artifacts:
-                old.unlink()
-    dest = write_artifacts(run_dir, trial_id, artifacts or {})
-    if kernels is not None:
-        _write_parquet(kernels_frame([(trial_id, kernels)]), dest / KERNELS)
-    record["profile_dir"] = str(dest.relative_to(run_dir))
-    return record
-
-
-def consolidate_kernels(run_dir: Path) -> Path | None:
-    """run_dir/profiles/*/kernels.parquet -> run_dir/kernels.parquet (one table, trial_id first). Written per trial
-    first, so a driver that dies mid-run loses no trial's rows and --resume only adds to them. None when no trial
-    was profiled."""
-    import pandas as pd
-    parts = sorted((Path(run_dir) / PROFILES).glob(f"*/{KERNELS}"))
-    if not parts:
-        return None
-    frames = []
-    for p in parts:
-        try:
-            frames.append(pd.read_parquet(p))
-        except Exception as exc:  # a torn file: name it
-            raise HarnessError(f"{p}: unreadable ({type(exc).__name__}: {exc})") from None
-    df = pd.concat(frames, ignore_index=True) if frames else kernels_frame([])
-    return _write_parquet(df, Path(run_dir) / KERNELS)

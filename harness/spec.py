@@ -22,7 +22,7 @@ from .errors import SpecError
 
 SEQS = ("row", "column", "pixel", "patch", "cnn")
 IMPLS = ("cudnn", "naive", "lstmcell")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "tf32", "bfloat16")  # strict fp32, TF32 tensor cores (CUDA only), bf16 autocast
 PATCH_SIZES = (2, 4, 8)
 LIMITS = {"hidden_size": 65536, "num_layers": 64, "batch_size": 1 << 20}  # sanity bounds, not targets
 CNN_CHANNELS = 64  # conv stem: 3 -> 32 -> 64, pool, 64, pool => 64 x 8 x 8; the 8 rows become 8 steps of 512
@@ -34,6 +34,7 @@ AUGMENTS = ("none", "flip", "flip-crop")
 NORMALIZE = ("cifar", "half")  # per-channel CIFAR-10 mean/std, or the tutorial's Normalize(0.5, 0.5)
 MAX_THREADS = 1024
 DEFAULT_TIMING_BUDGET_S = 30.0  # the time budget of a train, infer or profile trial that names none
+MAX_BUDGET_FACTOR = 4.0         # unset max_budget_s: a timing trial may stretch to 4x its budget for the floor
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -158,6 +159,7 @@ RULES: dict[str, Rule] = {
     "seed": _ranged(int, "must be an integer in [0, 2**32)", lambda v: 0 <= v < 2 ** 32),
     "threads": _count(MAX_THREADS, "is more than this harness allows ({})", optional=True),
     "time_budget_s": Rule(float, lambda name, v: float(POSITIVE.check(name, v)), optional=True),  # not in trial_id
+    "max_budget_s": Rule(float, lambda name, v: float(POSITIVE.check(name, v)), optional=True),   # nor this
     "repeat": _ranged(int, "must be an integer >= 0", lambda v: v >= 0),
 }
 
@@ -215,9 +217,21 @@ class Variant:
 
     @property
     def label(self) -> str:
-        seq = f"patch{self.patch_size}" if self.seq == "patch" else self.seq
+        seq = seq_label(self.seq, self.patch_size)
         bi = "-bi" if self.bidirectional else ""
         return f"{seq}/h{self.hidden_size}x{self.num_layers}{bi}/{self.impl}/b{self.batch_size}/{self.dtype}"
+
+
+def seq_label(seq, patch_size=None) -> str:
+    """row, column, pixel, patch4, cnn: the sequencing strategy as every label, table and report shows it."""
+    if not isinstance(seq, str):
+        return "?"
+    if seq == "patch":
+        try:
+            return f"patch{int(patch_size)}"
+        except (TypeError, ValueError):  # None, NaN, pd.NA: a record without its patch size
+            return "patch"
+    return seq
 
 
 def seq_shape(seq: str, patch_size: int | None = None) -> tuple[int, int]:
@@ -266,6 +280,9 @@ class TrialSpec:
     threads: int | None = _field(None, "torch threads on CPU (unset: torch's default)", "threads")
     time_budget_s: float | None = _field(None, f"time budget of the trial (unset: {DEFAULT_TIMING_BUDGET_S:g} s "
                                                f"for timing modes, none for accuracy: it stops at its epochs)", "s")
+    max_budget_s: float | None = _field(None, f"how far a timing trial may stretch its budget to time its sample "
+                                              f"floor of 50 steps in 5 blocks (unset: {MAX_BUDGET_FACTOR:g}x "
+                                              f"the budget); the hang deadline derives from it", "s")
     repeat: int = _field(0, "which repetition of the same trial this is", "index")
     train: TrainConfig = _field(help="the training recipe", unit="TrainConfig", default_factory=TrainConfig)
     suite: str | None = _field(None, "name of the suite the trial belongs to", "name")
@@ -274,6 +291,11 @@ class TrialSpec:
         _check_fields(self)
         if self.mode == "accuracy" and self.data == "synthetic":
             raise SpecError("mode accuracy needs data cifar10: synthetic data has no accuracy")
+        if self.variant.dtype == "tf32" and not self.device.startswith("cuda"):
+            raise SpecError(f"dtype tf32 needs a CUDA device, not {self.device} (TF32 is a tensor-core mode; "
+                            f"exclude the pair dtype tf32 x device cpu)")
+        if self.max_budget_s is not None and self.max_budget_s < self.budget_s:
+            raise SpecError(f"max_budget_s {self.max_budget_s:g} is below the time budget {self.budget_s:g}")
 
     @property
     def budget_s(self) -> float:
@@ -282,10 +304,16 @@ class TrialSpec:
             return float(self.time_budget_s)
         return math.inf if self.mode == "accuracy" else DEFAULT_TIMING_BUDGET_S
 
+    @property
+    def max_budget(self) -> float:
+        """The most a trial may take to meet its sample floor: as given, else MAX_BUDGET_FACTOR x the budget."""
+        return float(self.max_budget_s) if self.max_budget_s is not None else MAX_BUDGET_FACTOR * self.budget_s
+
     def identity(self) -> dict:
         """The fields that make two trials the same trial (the time budget and suite name do not)."""
         d = dataclasses.asdict(self)
         d.pop("time_budget_s")
+        d.pop("max_budget_s")
         d.pop("suite")
         d["device"] = "cuda" if self.device.startswith("cuda") else "cpu"
         d["train"]["target_accuracy"] = list(self.train.target_accuracy)
@@ -300,7 +328,7 @@ class TrialSpec:
         """Spec as flat record fields (variant fields, mode, device, ..., training recipe)."""
         d = dataclasses.asdict(self.variant)
         d.update({k: getattr(self, k) for k in ("mode", "device", "data", "seed", "threads", "time_budget_s",
-                                                 "repeat", "suite")})
+                                                 "max_budget_s", "repeat", "suite")})
         d.update(dataclasses.asdict(self.train))
         d["target_accuracy"] = list(self.train.target_accuracy)
         d["trial_id"] = self.trial_id

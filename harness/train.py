@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 from .data import DeviceData
 from .errors import SpecError
-from .measure import CpuAccount, available_cores
+from .measure import CpuAccount, available_cores, contention_reason
 from .spec import TrainConfig, TrialSpec
-from .trial import NonFiniteLoss, PeakMemory, autocast, detect_backend, make_optimizer
-from .variants import build_model, lstm_gemm_flops
+from .steps import NonFiniteLoss, PeakMemory, autocast, detect_backend, gemm_fields, make_optimizer, sync
+from .variants import build_model
 
 CHECK_EVERY_CUDA = 50      # steps between finiteness checks (each one syncs) on a GPU
 ONECYCLE_PCT_START = 0.3   # torch OneCycleLR's defaults: rise over 30% of the steps from lr/25,
@@ -93,11 +93,6 @@ def check_finite(losses: torch.Tensor, lo: int, hi: int, epoch: int) -> None:
                         f"of {losses.numel()}")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dict:
     v, t = spec.variant, spec.train
     steps_per_epoch = data.n_train // v.batch_size  # data.train_epoch drops the last partial batch
@@ -128,7 +123,7 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
         model.train()
         losses = torch.zeros(steps_per_epoch, device=device)
         n = checked = 0
-        _sync(device)
+        sync(device)
         t0 = perf_counter()
         for x, y in data.train_epoch(v.batch_size, augment=t.augment, generator=gen):
             lr = lr_at(step, t, steps_per_epoch)
@@ -147,12 +142,12 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
             if n - checked >= check_every:
                 check_finite(losses, checked, n, epoch)
                 checked = n
-            if perf_counter() - start > spec.time_budget_s:
+            if perf_counter() - start > spec.budget_s:
                 stopped_by = "time_budget"
                 break
         check_finite(losses, checked, n, epoch)
         train_loss = losses[:n].mean().item()
-        _sync(device)
+        sync(device)
         train_s += perf_counter() - t0
         images += n * v.batch_size
 
@@ -173,7 +168,7 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
 
     img_per_s = images / train_s
     external, free = others.external_cores(), max(0, available_cores() - torch.get_num_threads())
-    busy = device.type == "cpu" and external > free + 0.5
+    busy = contention_reason(external, free) if device.type == "cpu" else None
     return {
         "test_acc": curve[-1]["test_acc"],
         "test_loss": curve[-1]["test_loss"],
@@ -191,12 +186,11 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
         # the throughput records' fields, for the same tables
         "img_per_s": img_per_s,
         "img_per_s_iqr": None,
-        "noisy": busy,  # accuracy is unaffected; the times and images/s are
-        "noise_reasons": f"other processes used {external:.1f} cores; {free} were free" if busy else "",
+        "noisy": bool(busy),  # accuracy is unaffected; the times and images/s are
+        "noise_reasons": busy or "",
         "external_cpu_cores": round(external, 2),
         "latency_ms_p50": None, "latency_ms_p90": None, "latency_ms_p99": None,
-        "lstm_gflop_per_batch": lstm_gemm_flops(v, spec.mode) / 1e9,
-        "gflop_per_s": lstm_gemm_flops(v, spec.mode) / 1e9 * img_per_s / v.batch_size,
+        **gemm_fields(v, spec.mode, img_per_s),
         "peak_mem_mb": mem.peak_mb(),
         "backend": detect_backend(model, next(data.test_batches(v.batch_size))[0], spec, device),
     }

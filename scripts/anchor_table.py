@@ -9,7 +9,7 @@ import argparse
 import re
 from pathlib import Path
 
-from harness.results import read_records
+from harness.store import read_records
 
 COLUMNS = [("train", "cudnn"), ("train", "naive"), ("train", "lstmcell"), ("infer", "cudnn"), ("infer", "naive")]
 

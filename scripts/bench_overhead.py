@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from harness.cluster import connect, run_suite
-from harness.results import read_jsonl
+from harness.store import read_jsonl
 from harness.suites import load_suite
 
 

@@ -29,7 +29,7 @@ def learnable_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_cifar(tmp_path_factory) -> Path:
     """A few hundred learnable images in the official format (5 train batches of 64, a test batch of 100)."""
-    from harness.cifar import write_cifar10_folder
+    from cifar_files import write_cifar10_folder
     root = tmp_path_factory.mktemp("cifar")
     tx, ty = learnable_images(320, seed=1)
     vx, vy = learnable_images(100, seed=2)
@@ -42,7 +42,7 @@ def sweep_counts(run_dir: Path, planned: int) -> dict:
     ok: trials with an ok record; failed: trials whose latest record is not ok; lost: planned trials with no
     record at all; duplicates: extra ok records of one trial; torn: unreadable lines in trials.jsonl."""
     from collections import Counter
-    from harness.results import read_jsonl
+    from harness.store import read_jsonl
     records, torn = read_jsonl(run_dir / "trials.jsonl")
     ok = Counter(r["trial_id"] for r in records if r["status"] == "ok")
     latest = {r["trial_id"]: r for r in records}

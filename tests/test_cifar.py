@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from harness import cifar
+from cifar_files import write_cifar10_folder, write_cifar10_tarball
 from harness.errors import DataError
 
 SHARED_TARBALL_CANDIDATES = [
@@ -50,7 +51,7 @@ def small():
 def folder_copy(tmp_path, small):
     """tmp_path/ds/cifar-10-batches-py with 5 x 60 train + 100 test images; returns (root, batches dir)."""
     root = tmp_path / "ds"
-    return root, cifar.write_cifar10_folder(root, *small)
+    return root, write_cifar10_folder(root, *small)
 
 
 def one_line_error(excinfo) -> str:
@@ -123,7 +124,7 @@ def test_unofficial_refused_without_permission(folder_copy):
 
 def test_tarball_loads_same_arrays(tmp_path, folder_copy, small):
     root, _ = folder_copy
-    tar = cifar.write_cifar10_tarball(tmp_path / "tar", *small)
+    tar = write_cifar10_tarball(tmp_path / "tar", *small)
     assert tar.name == "cifar-10-python.tar.gz"
     with tarfile.open(tar) as tf:
         assert sorted(tf.getnames()) == sorted(f"cifar-10-batches-py/{n}" for n in [*cifar.DATA_FILES, cifar.META_FILE])
@@ -157,7 +158,7 @@ def test_official_md5_gives_official_source(monkeypatch, folder_copy, tmp_path, 
 
 
 def test_official_tarball_md5(monkeypatch, tmp_path, small):
-    tar = cifar.write_cifar10_tarball(tmp_path, *small)
+    tar = write_cifar10_tarball(tmp_path, *small)
     monkeypatch.setitem(cifar.OFFICIAL_MD5, cifar.TARBALL, hashlib.md5(tar.read_bytes()).hexdigest())
     assert cifar.load_cifar10(str(tmp_path)).source == "official"
 
@@ -167,7 +168,7 @@ def test_cache_returns_same_object_until_files_change(folder_copy):
     first = cifar.load_cifar10(str(root), allow_unofficial=True)
     assert cifar.load_cifar10(str(root), allow_unofficial=True) is first
     other = make_arrays(seed=1)
-    cifar.write_cifar10_folder(root, *other)
+    write_cifar10_folder(root, *other)
     os.utime(batches / "data_batch_1", ns=(1, 1))  # mtime changes even on coarse-clock filesystems
     again = cifar.load_cifar10(str(root), allow_unofficial=True)
     assert again is not first and again.source != first.source
@@ -251,7 +252,7 @@ def test_missing_batch_file(folder_copy, missing):
 
 
 def test_fewer_train_batches_is_an_incomplete_copy(tmp_path, small):
-    cifar.write_cifar10_folder(tmp_path, *small, n_train_batches=4)
+    write_cifar10_folder(tmp_path, *small, n_train_batches=4)
     with pytest.raises(DataError, match="data_batch_5: missing"):
         cifar.load_cifar10(str(tmp_path), allow_unofficial=True)
 
@@ -264,7 +265,7 @@ def test_garbage_and_truncated_tarballs(tmp_path, small):
         cifar.load_cifar10(str(garbage.parent), allow_unofficial=True)
     assert str(garbage.resolve()) in one_line_error(excinfo)
 
-    tar = cifar.write_cifar10_tarball(tmp_path / "t", *small)
+    tar = write_cifar10_tarball(tmp_path / "t", *small)
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
     with pytest.raises(DataError) as excinfo:
         cifar.load_cifar10(str(tar.parent), allow_unofficial=True)
@@ -272,7 +273,7 @@ def test_garbage_and_truncated_tarballs(tmp_path, small):
 
 
 def test_tarball_missing_member(tmp_path, small):
-    tar = cifar.write_cifar10_tarball(tmp_path / "full", *small)
+    tar = write_cifar10_tarball(tmp_path / "full", *small)
     partial = tmp_path / "partial" / cifar.TARBALL
     partial.parent.mkdir()
     with tarfile.open(tar) as src, tarfile.open(partial, "w:gz") as dst:
@@ -308,10 +309,10 @@ def test_bad_batch_contents(folder_copy, batch, problem):
 
 
 def test_search_order(monkeypatch, tmp_path, small):
-    explicit = cifar.write_cifar10_folder(tmp_path / "explicit", *small)
-    env = cifar.write_cifar10_tarball(tmp_path / "env", *small)
+    explicit = write_cifar10_folder(tmp_path / "explicit", *small)
+    env = write_cifar10_tarball(tmp_path / "env", *small)
     cwd = tmp_path / "cwd"
-    in_cwd = cifar.write_cifar10_folder(cwd / "data", *small)
+    in_cwd = write_cifar10_folder(cwd / "data", *small)
     monkeypatch.chdir(cwd)
     monkeypatch.setenv(cifar.SEARCH_ENV, str(tmp_path / "env"))
 
@@ -330,14 +331,14 @@ def test_search_order(monkeypatch, tmp_path, small):
 
 
 def test_folder_preferred_over_tarball_in_same_root(tmp_path, small):
-    tar = cifar.write_cifar10_tarball(tmp_path, *small)
-    folder = cifar.write_cifar10_folder(tmp_path, *small)
+    tar = write_cifar10_tarball(tmp_path, *small)
+    folder = write_cifar10_folder(tmp_path, *small)
     assert tar.exists() and cifar.find_cifar10(str(tmp_path)) == folder
 
 
 @pytest.mark.parametrize("what", ["empty", "nonexistent"])
 def test_explicit_root_without_data_does_not_fall_through(monkeypatch, tmp_path, small, what):
-    cifar.write_cifar10_folder(tmp_path / "env", *small)
+    write_cifar10_folder(tmp_path / "env", *small)
     monkeypatch.setenv(cifar.SEARCH_ENV, str(tmp_path / "env"))
     target = tmp_path / what
     if what == "empty":
@@ -387,7 +388,7 @@ def test_download_fetches_only_when_missing(monkeypatch, tmp_path, small):
 
     def fetch(root, train, download):
         calls.append(root)
-        cifar.write_cifar10_tarball(Path(root), *small)
+        write_cifar10_tarball(Path(root), *small)
 
     fake_torchvision(monkeypatch, fetch)
     monkeypatch.chdir(tmp_path)
@@ -395,16 +396,6 @@ def test_download_fetches_only_when_missing(monkeypatch, tmp_path, small):
     assert calls == ["data"] and got.root == str((tmp_path / "data" / cifar.TARBALL).resolve())
     cifar.load_cifar10(download=True, allow_unofficial=True)
     assert calls == ["data"]  # present now: not fetched again
-
-
-def test_synthetic():
-    a = cifar.synthetic_cifar10(200, 50, seed=3)
-    assert a.source == "synthetic"
-    assert a.train_images.shape == (200, 3, 32, 32) and a.train_images.dtype == np.uint8
-    assert a.test_images.shape == (50, 3, 32, 32) and a.test_labels.dtype == np.int64
-    assert a.train_labels.min() >= 0 and a.train_labels.max() <= 9 and len(np.unique(a.train_labels)) == 10
-    np.testing.assert_array_equal(a.train_images, cifar.synthetic_cifar10(200, 50, seed=3).train_images)
-    assert not np.array_equal(a.train_images, cifar.synthetic_cifar10(200, 50, seed=4).train_images)
 
 
 # --------------------------------------------------------------------------- the shared (lossy) copy

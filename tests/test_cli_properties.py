@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from harness import cli
 from harness.cluster import RunOutcome
+from harness.schema import TrialResult
 from harness.spec import TrialSpec
 from harness.suites import Suite, load_suite
 from harness.variants import LIMITS, Variant
@@ -109,13 +110,13 @@ def env(tmp_path_factory):
 
     def run_trial(spec, **kwargs):
         e.calls.append(("run_trial", spec))
-        return fake_record(spec)
+        return TrialResult(fake_record(spec))
 
     def run_suite(suite, **kwargs):
         e.calls.append(("run_suite", (suite, kwargs)))
         return RunOutcome(run_dir=e.run_dir, planned=len(suite.trials), ok=len(suite.trials), failed=0, skipped=0)
 
-    def check(device, hidden_size=32, layers=(1, 2, 3)):
+    def check(device, hidden_size=32, layers=(1, 2, 3), dtype="float32"):
         e.calls.append(("check", (device, hidden_size)))
         Variant(seq="row", hidden_size=hidden_size, num_layers=1, batch_size=4)  # what the real one builds first
         return [{"seq": s, "num_layers": 1, "impl": i, "max_rel_error": 0.0}

@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from harness.cluster import run_suite  # noqa: E402
-from harness.results import read_jsonl  # noqa: E402
+from harness.store import read_jsonl  # noqa: E402
 from harness.suites import load_suite  # noqa: E402
 from conftest import sweep_counts  # noqa: E402
 

@@ -34,7 +34,7 @@ def test_check_runs_on_cuda():
 def test_cuda_trial_records_gpu_and_backend(impl, backend):
     spec = TrialSpec(variant=Variant(seq="row", hidden_size=128, num_layers=2, impl=impl, batch_size=256),
                      mode="train", device="cuda", time_budget_s=3)
-    r = run_trial(spec)
+    r = run_trial(spec).record
     assert r["status"] == "ok", r.get("error")
     assert r["backend"] == backend and r["gpu_name"] and r["cuda_version"]
     assert r["img_per_s"] > 0 and r["peak_mem_mb"] > 0
@@ -44,12 +44,12 @@ def test_cuda_trial_records_gpu_and_backend(impl, backend):
 def test_bf16_autocast_trial_on_cuda():
     spec = TrialSpec(variant=Variant(seq="patch", patch_size=4, hidden_size=256, num_layers=2, dtype="bfloat16"),
                      mode="infer", device="cuda", time_budget_s=2)
-    r = run_trial(spec)
+    r = run_trial(spec).record
     assert r["status"] == "ok" and r["backend"] == "cudnn", r.get("error")
 
 
 def test_cuda_out_of_memory_is_a_failed_record_not_a_crash():
     spec = TrialSpec(variant=Variant(seq="pixel", hidden_size=16384, num_layers=1, impl="cudnn", batch_size=65536),
                      mode="train", device="cuda", time_budget_s=2)
-    r = run_trial(spec)
+    r = run_trial(spec).record
     assert r["status"] == "failed" and "memory" in r["error"].lower()

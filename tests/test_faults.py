@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray")
 
 from harness.cluster import run_suite  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
-from harness.results import read_jsonl  # noqa: E402
+from harness.store import read_jsonl  # noqa: E402
 from harness.suites import load_suite  # noqa: E402
 from conftest import sweep_counts  # noqa: E402
 
@@ -34,11 +34,10 @@ def local_ray():
     ray.shutdown()
 
 
-def test_hanging_trial_is_cancelled_as_timeout_and_sweep_goes_on(tmp_path, monkeypatch, local_ray):
+def test_hanging_trial_is_cancelled_as_timeout_and_sweep_goes_on(tmp_path, local_ray):
     suite = load_suite(suite_file(tmp_path))
     victim = suite.trials[1].trial_id
-    monkeypatch.setenv("LSTM_BENCH_FAULT", f"hang:{victim}")
-    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hang_grace_s=20)
+    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hang_grace_s=20, hang_ids={victim})
     c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["lost"] == 0 and c["ok"] == len(suite.trials) - 1 and c["failed"] == 1
     recs = {r["trial_id"]: r for r in read_jsonl(out.run_dir / "trials.jsonl")[0]}
@@ -47,7 +46,7 @@ def test_hanging_trial_is_cancelled_as_timeout_and_sweep_goes_on(tmp_path, monke
 
 def test_unwritable_results_stop_the_run_with_a_clear_error_and_keep_what_was_written(tmp_path, local_ray):
     suite = load_suite(suite_file(tmp_path, hidden=(8, 16, 24, 32)))
-    from harness import results
+    from harness import store as results
 
     real_append = results.RunStore.append
     calls = {"n": 0}

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.profile import (CATEGORIES, KERNEL_COLUMNS, NOISE_REASON, ArtifactError, classify, kernels_frame,
-                             run_profile, write_artifacts)
+from harness.profile import CATEGORIES, NOISE_REASON, classify, run_profile
+from harness.schema import KERNEL_COLUMNS, TrialResult
 from harness.spec import TrialSpec
+from harness.store import ArtifactError, RunStore, consolidate_kernels, kernels_frame, write_artifacts
 from harness.trial import load_data, run_trial
 from harness.variants import Variant
 
@@ -40,16 +41,16 @@ def cpu_profiles(one_thread):
     out = {}
     for impl in ("cudnn", "naive"):
         spec = small_spec(impl)
-        out[impl] = (spec, run_profile(spec, load_data(spec, torch.device("cpu")), torch.device("cpu")))
+        out[impl] = (spec, TrialResult(*run_profile(spec, load_data(spec, torch.device("cpu")), torch.device("cpu"))))
     return out
 
 
-def rows_by_name(record):
-    return {r["name"]: r for r in record["_kernels"]}
+def rows_by_name(result):
+    return {r["name"]: r for r in result.kernels}
 
 
-def check_record(rec, activities):
-    rows = rec["_kernels"]
+def check_record(result, activities):
+    rec, rows = result.record, result.kernels
     assert rows, "no rows"
     for r in rows:
         assert set(KERNEL_COLUMNS) <= set(r)
@@ -73,7 +74,7 @@ def check_record(rec, activities):
     wall_ms_per_step = 1000.0 * 16 / rec["img_per_s"]
     assert rec["op_time_ms_per_step"] <= 1.05 * wall_ms_per_step, (rec["op_time_ms_per_step"], wall_ms_per_step)
     # the trace comes back as bytes under the handler's own name, gzipped chrome-trace JSON
-    arts = rec["_artifacts"]
+    arts = result.artifacts
     assert list(arts) == rec["profile_trace_files"] and len(arts) == 1
     (name, blob), = arts.items()
     assert name.endswith(".pt.trace.json.gz") and isinstance(blob, bytes)
@@ -86,16 +87,17 @@ def check_record(rec, activities):
 
 
 def test_cpu_profile_naive_launches_far_more_ops_than_cudnn(cpu_profiles):
-    _, cud = cpu_profiles["cudnn"]
-    _, nai = cpu_profiles["naive"]
-    cud_rows, nai_rows = check_record(cud, "cpu"), check_record(nai, "cpu")
+    _, cud_res = cpu_profiles["cudnn"]
+    _, nai_res = cpu_profiles["naive"]
+    cud, nai = cud_res.record, nai_res.record
+    cud_rows, nai_rows = check_record(cud_res, "cpu"), check_record(nai_res, "cpu")
     for r in cud_rows + nai_rows:  # CPU profile: rows are ATen operators, timed on the CPU only
         assert r["name"].startswith("aten::") and r["self_device_time_us"] is None and r["self_cpu_time_us"] >= 0
     # the loop runs 32 steps of small ops forward and backward; nn.LSTM one fused op each way
     assert nai["launches_per_step"] > 5 * cud["launches_per_step"], (nai["launches_per_step"], cud["launches_per_step"])
     assert nai["top_level_ops_per_step"] > 8 * cud["top_level_ops_per_step"]
     assert nai["aten_ops_per_step"] == nai["launches_per_step"]
-    nr, cr = rows_by_name(nai), rows_by_name(cud)
+    nr, cr = rows_by_name(nai_res), rows_by_name(cud_res)
     # one addmm per time step for the four stacked gates, plus the classifier head
     assert nr["aten::addmm"]["launches_per_step"] == ROW_STEPS + 1
     assert nr["aten::addmm"]["category"] == "gemm" and nr["aten::sigmoid"]["category"] == "elementwise"
@@ -117,7 +119,7 @@ def load_with_torch_tb_profiler(spec, rec, tmp_path):
     from torch_tb_profiler import io as tbio
     from torch_tb_profiler.profiler import RunLoader
 
-    dest = write_artifacts(tmp_path / "run", spec.trial_id, rec["_artifacts"])
+    dest = write_artifacts(tmp_path / "run", spec.trial_id, rec.artifacts)
     assert dest == tmp_path / "run" / "profiles" / spec.trial_id
     (name,) = [p.name for p in dest.iterdir()]
     match = consts.WORKER_PATTERN.match(name)  # the plugin only reads files its pattern matches
@@ -144,12 +146,12 @@ def test_trace_loads_in_torch_tb_profiler(cpu_profiles, tmp_path):
 
 
 def test_profile_through_run_trial(one_thread):
-    rec = run_trial(small_spec("cudnn", threads=1))
+    res = run_trial(small_spec("cudnn", threads=1))
+    rec = res.record
     assert rec["status"] == "ok", rec.get("error_detail")
     assert rec["mode"] == "profile" and rec["dataset"] == "synthetic" and rec["noisy"] is True
-    assert isinstance(rec["_artifacts"], dict) and isinstance(rec["_kernels"], list)
-    plain = {k: v for k, v in rec.items() if not k.startswith("_")}
-    json.dumps(plain)  # every other field is a plain JSON value
+    assert isinstance(res.artifacts, dict) and res.artifacts and isinstance(res.kernels, list) and res.kernels
+    json.dumps(rec)  # the record is plain JSON values: traces and rows travel beside it
 
 
 def test_write_artifacts_refuses_escaping_names(tmp_path):
@@ -222,50 +224,49 @@ def test_cuda_profile_records_kernels(tmp_path):
     recs, specs = {}, {}
     for impl in ("cudnn", "naive"):
         specs[impl] = spec = small_spec(impl, "cuda")
-        recs[impl] = run_profile(spec, load_data(spec, dev), dev)
-    for impl, rec in recs.items():
-        rows = check_record(rec, "cpu+cuda")
+        recs[impl] = TrialResult(*run_profile(spec, load_data(spec, dev), dev))
+    for impl, res in recs.items():
+        rows, rec = check_record(res, "cpu+cuda"), res.record
         assert not any(r["name"].startswith("aten::") for r in rows)  # device activities, not operators
         assert all(r["self_device_time_us"] is not None and r["self_device_time_us"] >= 0 for r in rows)
         assert sum(r["self_device_time_us"] for r in rows) > 0
         assert rec["aten_ops_per_step"] > 0 and rec["top_level_ops_per_step"] > 0
-    cud, nai = recs["cudnn"], recs["naive"]
+    cud, nai = recs["cudnn"].record, recs["naive"].record
     assert cud["backend"] == "cudnn" and nai["backend"] == "python-loop:aten-ops"
-    assert any(r["category"] == "cudnn-rnn" for r in cud["_kernels"])
-    assert not any(r["category"] == "cudnn-rnn" for r in nai["_kernels"])
+    assert any(r["category"] == "cudnn-rnn" for r in recs["cudnn"].kernels)
+    assert not any(r["category"] == "cudnn-rnn" for r in recs["naive"].kernels)
     assert nai["launches_per_step"] > 5 * cud["launches_per_step"], (nai["launches_per_step"], cud["launches_per_step"])
     assert nai["gemm_share"] > 0
     # at least one GEMM kernel per time step (the stacked gates), forward alone
-    assert sum(r["launches_per_step"] for r in nai["_kernels"] if r["category"] == "gemm") >= ROW_STEPS
-    profile = load_with_torch_tb_profiler(specs["cudnn"], cud, tmp_path)
+    assert sum(r["launches_per_step"] for r in recs["naive"].kernels if r["category"] == "gemm") >= ROW_STEPS
+    profile = load_with_torch_tb_profiler(specs["cudnn"], recs["cudnn"], tmp_path)
     assert profile.has_kernel and "Kernel" in {v.display_name for v in profile.views}
 
 
 def test_store_profile_and_consolidate_kernels(cpu_profiles, tmp_path):
-    """What the driver does with a profile record: trace + per-trial rows on disk, a plain record left over, and
-    one kernels.parquet for the run."""
-    from harness.profile import consolidate_kernels, store_profile
-
+    """What the driver's store does with a profile result: trace + per-trial rows on disk, a plain record that
+    points at them, and one kernels.parquet for the run."""
     run = tmp_path / "run"
     assert consolidate_kernels(run) is None  # nothing profiled yet
+    store = RunStore(run).open()
     stored = {}
-    for impl, (spec, rec) in cpu_profiles.items():
-        plain = store_profile(run, dict(rec, trial_id=spec.trial_id))  # run_trial adds trial_id
-        assert "_artifacts" not in plain and "_kernels" not in plain
+    for impl, (spec, res) in cpu_profiles.items():
+        plain = store.add(TrialResult(dict(res.record, trial_id=spec.trial_id), res.artifacts, res.kernels))
         assert plain["profile_dir"] == f"profiles/{spec.trial_id}"
         json.dumps(plain)
         files = sorted(p.name for p in (run / plain["profile_dir"]).iterdir())
-        assert files == sorted([*rec["profile_trace_files"], "kernels.parquet"])
-        stored[spec.trial_id] = rec
+        assert files == sorted([*res.record["profile_trace_files"], "kernels.parquet"])
+        stored[spec.trial_id] = res
     # storing a trial again (a rerun) replaces its trace rather than adding a second span
-    spec, rec = cpu_profiles["cudnn"]
-    again = dict(rec, trial_id=spec.trial_id, _artifacts={"host_1.999.pt.trace.json.gz": b"x"})
-    store_profile(run, again)
+    spec, res = cpu_profiles["cudnn"]
+    store.add(TrialResult(dict(res.record, trial_id=spec.trial_id), {"host_1.999.pt.trace.json.gz": b"x"},
+                          res.kernels))
     assert sorted(p.name for p in (run / "profiles" / spec.trial_id).iterdir()) == \
         ["host_1.999.pt.trace.json.gz", "kernels.parquet"]
-    assert store_profile(run, {"trial_id": "t", "status": "failed"}) == {"trial_id": "t", "status": "failed"}
+    assert store.add(TrialResult({"trial_id": "t", "status": "failed"})) == {"trial_id": "t", "status": "failed"}
+    store.close()
     df = pd.read_parquet(consolidate_kernels(run))
     assert set(df["trial_id"]) == set(stored)
-    for tid, rec in stored.items():
-        assert (df["trial_id"] == tid).sum() == len(rec["_kernels"])
+    for tid, res in stored.items():
+        assert (df["trial_id"] == tid).sum() == len(res.kernels)
         assert df.loc[df["trial_id"] == tid, "share_of_step"].sum() == pytest.approx(1.0)

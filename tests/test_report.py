@@ -13,7 +13,7 @@ import pytest
 
 from harness import report
 from harness.errors import HarnessError
-from harness.results import load_run
+from harness.store import load_run
 
 GPU = "NVIDIA H100 80GB HBM3"
 DEV = f"cuda ({GPU})"
@@ -320,7 +320,7 @@ def test_markdown_table_formatting():
 def test_parquet_only_run(runs, tmp_path):
     """A run kept only as trials.parquet (nested fields stored as JSON text) gives the same tables."""
     import shutil
-    from harness.results import RunStore
+    from harness.store import RunStore
     _, extra = runs
     run = tmp_path / "extra"
     shutil.copytree(extra, run)

@@ -23,7 +23,7 @@ psutil = pytest.importorskip("psutil")
 from harness.cifar import restricted_load  # noqa: E402
 from harness.cluster import connect, run_suite  # noqa: E402
 from harness.errors import DataError  # noqa: E402
-from harness.results import read_jsonl  # noqa: E402
+from harness.store import read_jsonl  # noqa: E402
 from harness.suites import load_suite  # noqa: E402
 
 HARNESS = Path(__file__).resolve().parents[1] / "harness"

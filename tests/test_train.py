@@ -15,7 +15,8 @@ from harness.cli import to_json
 from harness.data import DeviceData
 from harness.spec import TrainConfig, TrialSpec
 from harness.train import check_finite, evaluate, lr_at, run_accuracy
-from harness.trial import NonFiniteLoss, run_trial
+from harness.steps import NonFiniteLoss
+from harness.trial import run_trial
 from harness.variants import Variant
 
 CPU = torch.device("cpu")
@@ -58,7 +59,7 @@ def capped_data():
 # ---- learning, end to end through run_trial -----------------------------------------------------------
 
 def test_accuracy_trial_learns_the_tiny_dataset(tiny_cifar):
-    r = run_trial(spec(epochs=10), data_root=str(tiny_cifar), allow_unofficial=True)
+    r = run_trial(spec(epochs=10), data_root=str(tiny_cifar), allow_unofficial=True).record
     assert r["status"] == "ok", r.get("error")
     assert r["dataset"].startswith("unofficial:") and r["mode"] == "accuracy"
     curve = r["curve"]
@@ -176,7 +177,7 @@ def test_nan_loss_fails_the_trial(tiny_cifar, monkeypatch):
             return out * float("nan") if self.calls >= 14 else out
 
     monkeypatch.setattr(trainmod, "build_model", NaNAfter)
-    r = run_trial(spec(epochs=3), data_root=str(tiny_cifar), allow_unofficial=True)
+    r = run_trial(spec(epochs=3), data_root=str(tiny_cifar), allow_unofficial=True).record
     assert r["status"] == "failed"
     assert r["error"].startswith("NonFiniteLoss: non-finite training loss nan in epoch 2 at step 3 of 10")
     assert "test_acc" not in r
@@ -184,7 +185,7 @@ def test_nan_loss_fails_the_trial(tiny_cifar, monkeypatch):
 
 def test_diverging_learning_rate_fails_the_trial(tiny_cifar):
     # (lr=1e9 is not enough: the LSTM saturates and the loss stays finite, if about 1e10)
-    r = run_trial(spec(epochs=2, optimizer="sgd", lr=1e36), data_root=str(tiny_cifar), allow_unofficial=True)
+    r = run_trial(spec(epochs=2, optimizer="sgd", lr=1e36), data_root=str(tiny_cifar), allow_unofficial=True).record
     assert r["status"] == "failed"
     assert "non-finite training loss inf in epoch 1 at step" in r["error"]
 

@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
 from harness.cluster import connect, run_suite  # noqa: E402
-from harness.results import read_jsonl  # noqa: E402
+from harness.store import read_jsonl  # noqa: E402
 from harness.suites import load_suite  # noqa: E402
 from conftest import sweep_counts  # noqa: E402
 

@@ -17,23 +17,20 @@ import numpy as np
 import pandas as pd
 
 from ..errors import HarnessError
-from ..results import RUN_JSON, TRIALS, load_run, read_jsonl
+from ..schema import KERNELS, RUN_JSON, TRIALS, all_fields, spec_fields
+from ..spec import seq_label
+from ..store import load_run, read_jsonl
 
-KERNELS = "kernels.parquet"
 TIMING_MODES = ("train", "infer")
 MODE_ORDER = {"train": 0, "infer": 1, "accuracy": 2, "profile": 3}
 IMPL_ORDER = ("cudnn", "naive", "lstmcell")
 STATUS_ORDER = {"failed": 0, "infeasible": 1}
 
-# the report's view of a trial record: these columns always exist after `prepare`
-FIELDS = ["run_id", "trial_id", "seq", "patch_size", "hidden_size", "num_layers", "impl", "batch_size", "dtype",
-          "bidirectional", "mode", "device", "threads", "repeat", "status", "img_per_s", "img_per_s_iqr",
-          "rel_iqr", "gflop_per_s", "lstm_gflop_per_batch", "noisy", "noise_reasons", "error", "dataset",
-          "hostname", "node_ip", "cpu_model", "gpu_name", "gpu_driver", "cuda_version", "cudnn_version",
-          "torch_version", "torchvision_version", "ray_version", "python_version", "git_commit", "suite"]
-NUMERIC = ["img_per_s", "img_per_s_iqr", "rel_iqr", "gflop_per_s", "lstm_gflop_per_batch", "test_acc",
-           "best_test_acc", "train_img_per_s", "launches_per_step", "gemm_share", "epochs_run", "op_time_ms_per_step"]
-INT_KEYS = ["hidden_size", "num_layers", "batch_size", "patch_size", "threads", "repeat"]
+# The report's view of a trial record, read off the schema: every field exists after `prepare` (null where a
+# run did not record it), measured numbers are numeric, the spec's integer fields are nullable integers.
+FIELDS = ["run_id", *all_fields()]
+NUMERIC = [f.name for f in all_fields().values() if f.type in ("int", "float") and f.group != "spec"]
+INT_KEYS = [f.name for f in spec_fields() if f.type == "int"]
 
 
 # ---- loading ----------------------------------------------------------------------------------------------
@@ -125,24 +122,16 @@ def _i(v) -> str:
     return "?" if _missing(v) else str(int(v))
 
 
-def seq_label(seq, patch_size) -> str:
-    if _missing(seq):
-        return "?"
-    if seq == "patch" and not _missing(patch_size):
-        return f"patch{int(patch_size)}"
-    return str(seq)
-
-
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
     """Normalized copy of trial records: every expected column present, `seq` as its label ("patch4"),
     `device` as a hardware label, `hardware` (device without threads), `device_kind` (cpu/cuda), `variant`
     (the Variant label), numbers as numbers, `noisy` as bool. Idempotent."""
     if "hardware" in df.columns and "variant" in df.columns:
         return df
-    df = df.copy()
-    for col in FIELDS + NUMERIC:
-        if col not in df.columns:
-            df[col] = np.nan
+    missing = [c for c in dict.fromkeys(FIELDS + NUMERIC) if c not in df.columns]
+    if missing:
+        df = pd.concat([df, pd.DataFrame(np.nan, index=df.index, columns=missing)], axis=1)
+    df = df.copy()  # one block per dtype: later column assignments would otherwise fragment it
     df = df.astype({c: object for c in ("device", "seq", "impl", "dtype", "mode", "status")})
     df["status"] = [("unknown" if _missing(s) else str(s)) for s in df["status"]]
     df["noisy"] = [_truthy(v) for v in df["noisy"]]
@@ -155,6 +144,7 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         df[col] = ["?" if _missing(v) else str(v) for v in df[col]]
     labels = [_device_labels(*row) for row in zip(df["device"], df["gpu_name"], df["cpu_model"], df["threads"])]
     kinds, hardware, devices = zip(*labels) if labels else ((), (), ())
+    df = df.copy()
     df["device_kind"], df["hardware"], df["device"] = list(kinds), list(hardware), list(devices)
     df["seq"] = [seq_label(s, p) for s, p in zip(df["seq"], df["patch_size"])]
     df["variant"] = [

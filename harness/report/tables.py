@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..schema import RESULT_FIELDS
 from .frame import MODE_ORDER, TIMING_MODES, _i, _impl_columns, _missing, _obj, _sort, _timing_rows, prepare
 
 CATEGORIES = ("gemm", "cudnn-rnn", "elementwise", "reduction", "memcpy", "other")
@@ -173,8 +174,7 @@ def kernel_table(df: pd.DataFrame, kernels: pd.DataFrame | None = None) -> pd.Da
 
 # ---- runs and problems ------------------------------------------------------------------------------------
 
-ENV_FIELDS = ["hostname", "node_ip", "cpu_model", "gpu_name", "gpu_driver", "cuda_version", "cudnn_version",
-              "torch_version", "torchvision_version", "ray_version", "python_version", "git_commit", "dataset"]
+ENV_FIELDS = [f.name for f in RESULT_FIELDS if f.group == "environment"] + ["dataset"]
 
 
 def _text(v) -> str | float:
