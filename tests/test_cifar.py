@@ -5,6 +5,7 @@ import os
 import pickle
 import re
 import struct
+import subprocess
 import sys
 import tarfile
 import types
@@ -421,3 +422,129 @@ def test_shared_copy():
     # real images, not noise: neighbouring pixels are strongly correlated
     img = got.train_images[:100].astype(np.float32)
     assert np.corrcoef(img[..., :-1].ravel(), img[..., 1:].ravel())[0, 1] > 0.8
+
+
+# --------------------------------------------------------------------------- crafted numpy state (issue 13, item 6)
+#
+# A pickle may call numpy.dtype(...) and then BUILD it with a state of its own. For an object dtype whose
+# state drops the "holds references" flags, numpy then lets ndarray.__setstate__ take raw bytes as the array's
+# contents: an object array whose elements are pointers the file chose. The reader refuses such a dtype while
+# unpickling, before any array exists. The payloads are written opcode by opcode (pickletools names).
+
+def _binunicode(s: str) -> bytes:
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b  # BINUNICODE
+
+
+def _binbytes(b: bytes) -> bytes:
+    return b"B" + struct.pack("<I", len(b)) + b  # BINBYTES
+
+
+def _binint(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)  # BININT
+
+
+def _dtype_op(typestr: str, state: bytes | None) -> bytes:
+    """GLOBAL numpy.dtype, (typestr, False, True) REDUCE, then BUILD with `state` (an opcode string that
+    leaves one tuple) when given."""
+    call = b"cnumpy\ndtype\n" + _binunicode(typestr) + b"\x89\x88\x87R"  # NEWFALSE NEWTRUE TUPLE3 REDUCE
+    return call + (state + b"b" if state is not None else b"")  # BUILD
+
+
+def _dtype_state(order: str = "|", flags: int = 0, names: bytes = b"N", fields: bytes = b"N") -> bytes:
+    """(3, order, None, names, fields, -1, -1, flags): numpy's dtype state; MARK ... TUPLE."""
+    return b"(K\x03" + _binunicode(order) + b"N" + names + fields + _binint(-1) + _binint(-1) + _binint(flags) + b"t"
+
+
+def crafted_array_pickle(dtype: bytes, raw: bytes, n: int) -> bytes:
+    """{'data': _reconstruct(ndarray, (0,), b'b') BUILT with (1, (n,), <dtype>, False, raw)}."""
+    return (b"\x80\x02}" + _binunicode("data")  # PROTO 2, EMPTY_DICT
+            + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + _binbytes(b"b") + b"\x87R"
+            + b"(K\x01K" + bytes([n]) + b"\x85" + dtype + b"\x89" + _binbytes(raw) + b"tb"  # state, BUILD
+            + b"s.")  # SETITEM, STOP
+
+
+FAKE_POINTERS = b"\x41" * 16  # two "object pointers" 0x4141414141414141
+OBJECT_FROM_BYTES = crafted_array_pickle(_dtype_op("O8", _dtype_state("|", flags=0)), FAKE_POINTERS, 2)
+
+CRAFTED = {
+    # the payload of the issue: an object dtype stripped of its flags, then an array of fake pointers
+    "object dtype, flags dropped": (OBJECT_FROM_BYTES, "refusing numpy dtype 'O8'"),
+    "object dtype, no BUILD": (crafted_array_pickle(_dtype_op("|O", None), FAKE_POINTERS, 2),
+                               "refusing numpy dtype '|O'"),
+    # an integer dtype given the object flags (NPY_OBJECT_DTYPE_FLAGS = 63) by its BUILD
+    "uint8 dtype, object flags": (crafted_array_pickle(_dtype_op("u1", _dtype_state("|", flags=63)), b"\0" * 2, 2),
+                                  "refusing numpy dtype state (3, '|', None, None, None, -1, -1, 63)"),
+    # an integer dtype given fields by its BUILD (names + fields dict)
+    "uint8 dtype, fields": (crafted_array_pickle(
+        _dtype_op("u1", _dtype_state("|", names=b"(" + _binunicode("a") + b"t", fields=b"}")), b"\0" * 2, 2),
+        "refusing numpy dtype state"),
+    "structured dtype": (crafted_array_pickle(_dtype_op("V16", _dtype_state("|")), b"\0" * 32, 2),
+                         "refusing numpy dtype 'V16'"),
+    "float dtype": (crafted_array_pickle(_dtype_op("f8", _dtype_state("<")), b"\0" * 16, 2),
+                    "refusing numpy dtype 'f8'"),
+    # numpy.ndarray called as a function: ndarray((2,), 'O', buffer)
+    "ndarray called": (b"\x80\x02}" + _binunicode("data") + b"cnumpy\nndarray\nK\x02\x85" + _binunicode("O")
+                       + _binbytes(FAKE_POINTERS) + b"\x87Rs.", "refusing a call of numpy.ndarray"),
+    # raw bytes that do not match shape x itemsize
+    "short data": (crafted_array_pickle(_dtype_op("u1", _dtype_state("|")), b"\0" * 3, 4),
+                   "needs 4 bytes, the pickle holds 3"),
+}
+
+
+def test_crafted_object_array_payload_is_real(tmp_path):
+    """Not vacuous: under plain pickle the payload does make an object array from the file's bytes (checked
+    in a child process, which reads only the dtype and never touches the fake pointers)."""
+    script = ("import os, pickle, sys\n"
+              "a = pickle.loads(open(sys.argv[1], 'rb').read())['data']\n"
+              "print(a.dtype.kind, a.dtype.flags, a.shape, flush=True)\n"
+              "os._exit(0)\n")  # no interpreter teardown near the fake pointers
+    (tmp_path / "p.pkl").write_bytes(OBJECT_FROM_BYTES)
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "p.pkl")], capture_output=True, text=True,
+                       timeout=120)
+    print(f"\nplain pickle of the crafted payload: rc {r.returncode}, {r.stdout.strip()!r}")
+    assert r.returncode == 0 and r.stdout.split() == ["O", "0", "(2,)"], (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("kind", list(CRAFTED))
+def test_crafted_numpy_state_refused_while_unpickling(kind, monkeypatch):
+    payload, expected = CRAFTED[kind]
+    # No array may be made from the payload's bytes: refusal happens before any frombuffer or __setstate__.
+    made = []
+    real_frombuffer = np.frombuffer
+    monkeypatch.setattr(cifar.np, "frombuffer", lambda *a, **k: made.append(a) or real_frombuffer(*a, **k))
+    with pytest.raises(DataError) as excinfo:
+        cifar.restricted_load(payload, "data_batch_1")
+    msg = one_line_error(excinfo)
+    assert msg.startswith("data_batch_1: ") and expected in msg, msg
+    assert not made, f"{kind}: an array was built before the refusal"
+
+
+def test_plain_integer_arrays_still_load():
+    for a in (np.arange(12, dtype=np.uint8).reshape(3, 4), np.asfortranarray(np.arange(6, dtype=">i8").reshape(2, 3)),
+              np.zeros((0, 3072), np.uint8), np.array([1, -2], np.int32)):
+        out = cifar.restricted_load(dump_batch({"data": a, "pair": [a, (a,)]}), "x")
+        np.testing.assert_array_equal(out["data"], a)
+        assert out["data"].dtype == a.dtype and out["data"].flags.writeable
+        assert out["data"].flags.f_contiguous == a.flags.f_contiguous
+        assert out["pair"][0] is out["data"] and out["pair"][1][0] is out["data"]  # shared stays shared
+    for bad, why in (({"d": np.dtype("u1")}, "a bare numpy dtype"), ({np.dtype("u1"): 1}, "as a dict key")):
+        with pytest.raises(DataError, match=why):
+            cifar.restricted_load(dump_batch(bad), "x")
+
+
+def test_crafted_payload_refused_by_the_cli_in_one_line(tmp_path, small):
+    """End to end in a child process: `lstm-bench trial` on a copy whose data_batch_1 is the crafted payload
+    exits 2 with one line naming the file and the dtype: no traceback, no crash."""
+    root = tmp_path / "ds"
+    batches = write_cifar10_folder(root, *small)
+    (batches / "data_batch_1").write_bytes(OBJECT_FROM_BYTES)
+    cli = Path(sys.executable).parent / "lstm-bench"
+    cmd = [str(cli)] if cli.exists() else [sys.executable, "-m", "harness.cli"]
+    r = subprocess.run([*cmd, "trial", "--mode", "infer", "--device", "cpu", "--data-root", str(root),
+                        "--allow-unofficial-data"], capture_output=True, text=True, timeout=300)
+    print(f"\nlstm-bench trial on the crafted copy: rc {r.returncode}: {r.stderr.strip()}")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])  # not a signal (negative), not a traceback (1)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "data_batch_1" in lines[0] and "refusing numpy dtype 'O8'" in lines[0], lines[0]
