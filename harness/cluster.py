@@ -1,10 +1,14 @@
 """Sweeping a suite on Ray: every trial a Ray task, every result written once as it arrives.
 
-Scheduling is Ray's: cuda trials ask for one GPU (so no two timings share a GPU), cpu trials for
-`cpus_per_trial` CPUs (and set torch's threads to it). The driver reads the dataset once and shares it
+run_suite = plan (plan.py: the run directory, what is left to do, resources, what fits) -> connect -> start
+(run.json, every node's GEMM ceiling probed in place) -> submit and collect (a bounded window of tasks in flight,
+results in batches, hung trials cancelled) -> finalize (end probes: a node whose ceiling fell flags its trials;
+run.json; Parquet).
+
+Scheduling is Ray's: cuda trials ask for one GPU, cpu trials for `cpus_per_trial` CPUs (their torch threads),
+exclusive timing trials also for their node's timing slot. The driver reads the dataset once and shares it
 through Ray's object store, so worker nodes need no shared filesystem and no internet. A task lost with its
-worker or node is retried elsewhere (max_retries); a trial that raises comes back as status=failed and the
-sweep goes on.
+worker or node is retried elsewhere (max_retries); a trial that raises comes back as status=failed.
 """
 
 from __future__ import annotations
@@ -15,112 +19,78 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from .clock import Deadlines, TrialClock
 from .errors import HarnessError
+from .nodes import cluster_nodes, connect, describe_resources, probe_nodes
+from .plan import Plan, place, placement_of, plan
 from .schema import TrialResult
 from .spec import TrialSpec
-from .store import RunStore, latest_by_trial, new_run_id, read_jsonl
-from .suites import Suite, trial_resources
+from .store import RunStore, latest_by_trial, read_jsonl
+from .suites import Suite
 
 MAX_RETRIES = 3  # for tasks lost with a worker process or node (system failures), not for trial errors
 HANG_GRACE_S = 120.0
 WAIT_BATCH = 64  # results collected per ray.wait
+PROBE_S = 1.0    # seconds of each node's GEMM probe, per precision, at the start and end of a run
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None):
-    """No address: a new embedded Ray on loopback, dashboard off. Otherwise join the cluster at `address`
-    (HOST:PORT, 'auto', or ray://HOST:10001 through Ray Client)."""
-    if address is None:
-        # Without this (read when Ray is imported) Ray 2.60 on Linux replaces node IP 127.0.0.1 with the
-        # interface address and its servers listen on every interface; with it everything stays on loopback.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-    if ray.is_initialized():
-        return ray.get_runtime_context()
-    env = {"KINETO_LOG_LEVEL": os.environ.get("KINETO_LOG_LEVEL", "6")}
-    from .env import git_commit
-    env["LSTM_BENCH_COMMIT"] = git_commit()  # workers may run an installed copy without .git
-    try:
-        if address is None:
-            # address="local": always a new instance, never whatever RAY_ADDRESS or /tmp/ray names.
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                     num_cpus=num_cpus, num_gpus=num_gpus, log_to_driver=False, configure_logging=True,
-                     logging_level="warning", runtime_env={"env_vars": env})
-        else:
-            ray.init(address=address, log_to_driver=False, logging_level="warning",
-                     runtime_env={"env_vars": env})
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HarnessError(f"cannot connect to Ray at {address or 'a new local instance'}: {msg}") from None
-    return ray.get_runtime_context()
-
-
-def cluster_nodes() -> list[dict]:
-    import ray
-    return [{"node_id": n["NodeID"], "node_ip": n["NodeManagerAddress"],
-             "resources": {k: v for k, v in n["Resources"].items() if not k.startswith("node:")}}
-            for n in ray.nodes() if n.get("Alive")]
-
-
-def fits(request: dict, nodes: list[dict]) -> bool:
-    return any(all(node["resources"].get(k, 0) >= v for k, v in request.items()) for node in nodes)
-
-
-def describe_resources(nodes: list[dict]) -> str:
-    def short(res):
-        keep = {k: v for k, v in res.items() if k not in ("memory", "object_store_memory")}
-        return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(keep.items())) + "}"
-    return "; ".join(f"{n['node_ip']} {short(n['resources'])}" for n in nodes) or "no alive nodes"
-
-
-class TrialClock:
-    """A tiny actor the trials tell when they start, so the driver can time them out: Ray itself does not say
-    when a queued task begins to run. It keeps a deadline per running trial (a retried task starts its clock
-    again, so a retry gets a fresh deadline), forgets finished trials, and answers only with the overdue ones:
-    the driver's work per poll does not grow with the suite."""
-
-    def __init__(self):
-        self.deadlines: dict[str, tuple[float, float]] = {}  # trial_id -> (started, deadline)
-
-    def start(self, trial_id: str, limit_s: float) -> None:
-        now = time.time()
-        self.deadlines[trial_id] = (now, now + limit_s)
-
-    def forget(self, trial_ids: list[str]) -> None:
-        for tid in trial_ids:
-            self.deadlines.pop(tid, None)
-
-    def overdue(self) -> list[tuple[str, float]]:
-        now = time.time()
-        return [(tid, now - started) for tid, (started, deadline) in self.deadlines.items() if now > deadline]
+@dataclass
+class Hooks:
+    """Test-only hooks, passed by tests as an argument of the sweep (never read from the environment, so
+    nothing a production environment carries can turn them on). trial_fn replaces run_trial (the driver-scale
+    benchmark's instant trials); hang makes those trial ids hang; barrier (an actor with `arrive`) holds
+    trials until all have arrived; end_probe(node_id, probes) -> probes alters the end-of-run probes."""
+    trial_fn: Callable | None = None
+    hang: set = field(default_factory=set)
+    barrier: object = None
+    end_probe: Callable | None = None
+    probe_s: float = PROBE_S
 
 
 def hang_limit_s(spec: TrialSpec, grace_s: float) -> float:
     """How long a trial may run before it is cancelled as hung: set-up, data and backend detection happen
-    outside the budget, hence the grace; an accuracy trial without a budget is never cancelled."""
-    return grace_s + 2 * spec.budget_s
+    outside the budget, hence the grace; the budget may stretch to max_budget for the sample floor, and the
+    model-only pass follows the end-to-end one. An accuracy trial without a budget is never cancelled."""
+    return grace_s + 2 * spec.max_budget
 
 
-def _trial_task(spec_flat: dict, arrays, clock=None, limit_s: float = float("inf"),
-                hang: bool = False) -> TrialResult:
-    """Runs on a Ray worker. Never raises for a trial's own problems: they come back as a failed record.
-    `hang` is a test hook (passed by tests through run_suite, never read from the environment)."""
+def _trial_task(spec_flat: dict, arrays, clock, limit_s: float, ceilings: dict, placement: str,
+                hooks: Hooks | None = None) -> TrialResult:
+    """Runs on a Ray worker. Never raises for a trial's own problems: they come back as a failed record."""
     import ray
 
     from .env import node_ip_of_this_worker
     from .trial import run_trial
-    if clock is not None:
-        clock.start.remote(spec_flat["trial_id"], limit_s)
-    if hang:
+    hooks = hooks or Hooks()
+    tid = spec_flat["trial_id"]
+    node = ray.get_runtime_context().get_node_id()
+    try:
+        attempt = ray.get(clock.start.remote(tid, limit_s, node), timeout=60)
+    except Exception:  # a clock that cannot answer costs the hang deadline of this trial, not the trial
+        attempt = None
+    if tid in hooks.hang:
         time.sleep(10**6)
-    ctx = ray.get_runtime_context()
-    where = {"node_id": ctx.get_node_id(), "node_ip": node_ip_of_this_worker(), "worker_pid": os.getpid()}
+    if hooks.barrier is not None:
+        ray.get(hooks.barrier.arrive.remote())
+    where = {"node_id": node, "node_ip": node_ip_of_this_worker(), "worker_pid": os.getpid(), "attempt": attempt,
+             "placement": placement}
     spec = TrialSpec.from_flat(spec_flat)
     try:
-        return run_trial(spec, arrays=arrays, extra=where)
+        result = (hooks.trial_fn or run_trial)(spec, arrays=arrays, extra=where, ceilings=ceilings.get(node))
     except HarnessError as exc:  # e.g. a node without the device the trial asked for
-        return TrialResult(record=_spec_record(spec, "failed", str(exc), **where, duration_s=0.0,
-                                               started_at=dt.datetime.now(dt.timezone.utc).isoformat()))
+        result = TrialResult(record=_spec_record(spec, "failed", str(exc), **where, duration_s=0.0,
+                                                 started_at=dt.datetime.now(dt.timezone.utc).isoformat()))
+    rec = result.record
+    if rec.get("timed_start") is not None:
+        try:
+            rec["co_tenants"] = ray.get(clock.co_tenants.remote(node, tid, rec["timed_start"], rec["timed_end"]),
+                                        timeout=30)
+        except Exception:
+            rec["co_tenants"] = None
+    clock.done.remote(tid, node)
+    return result
 
 
 def _spec_record(spec: TrialSpec, status: str, error: str, **fields) -> dict:
@@ -140,67 +110,15 @@ class RunOutcome:
     interrupted: bool = False
 
 
-@dataclass
-class Plan:
-    """What a run will do, decided before Ray starts: the run directory, its metadata, what is already done."""
-    suite: Suite
-    run_dir: Path
-    store: RunStore
-    meta: dict
-    done_before: set[str]
-    todo: list[TrialSpec]
-    runnable: list[TrialSpec] = field(default_factory=list)
-    infeasible: list[TrialSpec] = field(default_factory=list)
-    requests: dict[str, dict] = field(default_factory=dict)
-
-
-def plan(suite: Suite, out_dir: str | Path, resume: str | None) -> Plan:
-    """The run directory (new, or the one --resume names, which must come from the same suite and overrides)
-    and the trials not already ok in it."""
-    run_id = resume or new_run_id()
-    run_dir = Path(out_dir) / suite.name / run_id
-    store = RunStore(run_dir)
-    meta = store.read_meta() if resume else {}
-    overrides = getattr(suite, "overrides", {}) or {}
-    if resume:
-        if not run_dir.is_dir():
-            raise HarnessError(f"--resume {resume}: no run directory {run_dir}")
-        if meta.get("suite_sha256") and meta["suite_sha256"] != suite.sha256:
-            raise HarnessError(f"--resume {resume}: that run was made from a different suite file "
-                               f"({meta.get('suite_path')}, sha256 {meta['suite_sha256'][:12]}) than {suite.path} "
-                               f"(sha256 {suite.sha256[:12]}); start a new run instead")
-        if meta and (meta.get("overrides") or {}) != overrides:
-            raise HarnessError(f"--resume {resume}: that run was made with --set {_show_overrides(meta.get('overrides'))}"
-                               f", this one has --set {_show_overrides(overrides)}; give the same overrides")
-    done_before = {tid for tid, r in latest_by_trial(read_jsonl(store.trials_path)[0]).items()
-                   if r.get("status") == "ok"}
-    todo = [s for s in suite.trials if s.trial_id not in done_before]
-    return Plan(suite, run_dir, store, meta, done_before, todo)
-
-
-def _show_overrides(overrides) -> str:
-    return " ".join(f"{k}={v}" for k, v in (overrides or {}).items()) or "(none)"
-
-
-def place(p: Plan, nodes: list[dict], skip_infeasible: bool) -> None:
-    """Split the trials to do into runnable and infeasible (no node has what they ask for)."""
-    p.requests = {s.trial_id: trial_resources(s, p.suite.cpus_per_trial) for s in p.todo}
-    p.infeasible = [s for s in p.todo if not fits(p.requests[s.trial_id], nodes)]
-    if p.infeasible and not skip_infeasible:
-        need = sorted({str(p.requests[s.trial_id]) for s in p.infeasible})
-        raise HarnessError(f"{len(p.infeasible)} trial(s) need resources no node has ({', '.join(need)}); "
-                           f"cluster: {describe_resources(nodes)} (--skip-infeasible runs the rest)")
-    p.runnable = [s for s in p.todo if s not in p.infeasible]
-
-
-def start(p: Plan, nodes: list[dict], address: str | None) -> None:
+def start(p: Plan, nodes: list[dict], address: str | None, ceilings: dict) -> None:
     """Open the store, write run.json, record the infeasible trials."""
     p.store.open()
     now = dt.datetime.now(dt.timezone.utc).isoformat()
     p.meta.update({"run_id": p.run_dir.name, "suite": p.suite.name, "suite_path": str(p.suite.path),
-                   "suite_sha256": p.suite.sha256, "overrides": getattr(p.suite, "overrides", {}) or {},
+                   "suite_sha256": p.suite.sha256, "overrides": p.suite.overrides, "placement": p.suite.placement,
                    "nodes": nodes, "address": address or "embedded", "started_at": p.meta.get("started_at", now),
-                   "attempt_started_at": now, "status": "running", "planned": len(p.suite.trials)})
+                   "attempt_started_at": now, "status": "running", "planned": len(p.suite.trials),
+                   "ceilings": {nid: {"start": c} for nid, c in ceilings.items()}})
     p.store.write_meta(p.meta)
     for s in p.infeasible:
         p.store.append(_spec_record(s, "infeasible",
@@ -213,17 +131,20 @@ class Submitter:
     context, caching allocator or profiler state left by the previous trial must not colour this one. CPU timing
     trials reuse workers (a new process costs ~2 s of torch import per trial)."""
 
-    def __init__(self, p: Plan, arrays_ref, window: int, max_retries: int, hang_grace_s: float, hang_ids=()):
+    def __init__(self, p: Plan, arrays_ref, ceilings: dict, window: int, max_retries: int, hang_grace_s: float,
+                 hooks: Hooks | None):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        self.p, self.arrays_ref, self.window, self.max_retries = p, arrays_ref, window, max_retries
-        self.hang_grace_s, self.hang_ids = hang_grace_s, set(hang_ids)
+        self.p, self.arrays_ref, self.ceilings, self.window = p, arrays_ref, ceilings, window
+        self.max_retries, self.hang_grace_s, self.hooks = max_retries, hang_grace_s, hooks
         self.queue = list(p.runnable)
         self.pending: dict = {}  # ObjectRef -> TrialSpec
+        self.deadlines = Deadlines()
         self.reused, self.fresh = ray.remote(_trial_task), ray.remote(max_calls=1)(_trial_task)
         # The clock lives on the driver's node, so a worker node that dies or drops off the network takes
-        # neither the clock nor the driver's loop with it; restarted if its process dies.
-        self.clock = ray.remote(num_cpus=0, max_restarts=-1)(TrialClock).options(
+        # neither the clock nor the driver's loop with it; restarted if its process dies, calls retried.
+        self.clock = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(TrialClock).options(
+            name=f"lstm-bench-clock-{p.run_dir.name}",
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         ).remote()
 
@@ -236,18 +157,20 @@ class Submitter:
                                resources={k: v for k, v in req.items() if k not in ("CPU", "GPU")} or None,
                                max_retries=self.max_retries, retry_exceptions=False,
                                name=f"trial {s.trial_id} {s.variant.label} {s.mode}").remote(
-                s.flat(), self.arrays_ref, self.clock, hang_limit_s(s, self.hang_grace_s),
-                s.trial_id in self.hang_ids)
+                s.flat(), self.arrays_ref, self.clock, hang_limit_s(s, self.hang_grace_s), self.ceilings,
+                placement_of(s, self.p.suite.placement), self.hooks)
             self.pending[ref] = s
 
     def overdue(self) -> list[tuple[object, TrialSpec, float]]:
-        """Pending trials past their hang deadline: (ref, spec, seconds running). A slow or restarting clock
-        answers nothing this time; the next poll asks again."""
+        """Pending trials past their hang deadline: (ref, spec, seconds running). The deadlines are the driver's
+        own; the clock is asked only for start events since the last poll (a slow clock delays them, never
+        loses those already known)."""
         import ray
         try:
-            late = dict(ray.get(self.clock.overdue.remote(), timeout=2))
+            self.deadlines.absorb(*ray.get(self.clock.events_since.remote(self.deadlines.seen), timeout=2))
         except Exception:
-            return []
+            pass
+        late = self.deadlines.overdue()
         return [(ref, s, late[s.trial_id]) for ref, s in self.pending.items() if s.trial_id in late]
 
     def cancel_all(self) -> None:
@@ -284,8 +207,9 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
     loses no tally."""
     import ray
 
-    def record(result: TrialResult) -> None:
+    def record(result: TrialResult, spec: TrialSpec) -> None:
         rec = store.add(result)
+        sub.deadlines.forget(spec.trial_id)
         counts["ok" if rec.get("status") == "ok" else "failed"] += 1
         bar.update(1)
         bar.set_postfix(failed=counts["failed"], running=len(sub.pending), queued=len(sub.queue), refresh=False)
@@ -293,23 +217,18 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
     sub.fill()
     while sub.pending:
         ready, _ = ray.wait(list(sub.pending), num_returns=min(WAIT_BATCH, len(sub.pending)), timeout=1.0)
-        finished = []
         for ref in ready:
             spec = sub.pending.pop(ref)
-            record(_result(ref, spec))
-            finished.append(spec.trial_id)
+            record(_result(ref, spec), spec)
         for ref, spec, ran in sub.overdue():
             sub.pending.pop(ref)
-            finished.append(spec.trial_id)
             if ray.wait([ref], timeout=0)[0]:  # it finished after all: keep its result
-                record(_result(ref, spec))
+                record(_result(ref, spec), spec)
                 continue
             ray.cancel(ref, force=True)  # kills the worker process; a cancelled task is not retried
             record(TrialResult(record=_spec_record(
-                spec, "timeout", f"still running {ran:.0f} s after it started (time budget "
-                f"{spec.budget_s:g} s + grace): cancelled", duration_s=ran)))
-        if finished:
-            sub.clock.forget.remote(finished)  # the clock keeps only running trials
+                spec, "timeout", f"still running {ran:.0f} s after it started (time budget {spec.budget_s:g} s, "
+                f"at most {spec.max_budget:g} s, + grace): cancelled", duration_s=ran)), spec)
         sub.fill()
 
 
@@ -320,6 +239,32 @@ def _result(ref, spec: TrialSpec) -> TrialResult:
     except Exception as exc:  # lost beyond its retries, or cancelled: recorded, never dropped
         return TrialResult(record=_spec_record(spec, "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
                                                started_at=None, duration_s=None))
+
+
+def flag_drifted_nodes(p: Plan, end: dict) -> int:
+    """Compare each node's end-of-run probes with its start; a node whose ceiling fell by more than the probe's
+    own wander (ceiling.DRIFT_THRESHOLD) gets this run's ok timing records appended again, flagged noisy with
+    the reason (the latest record of a trial wins). Returns how many records were flagged."""
+    from .ceiling import drifted
+    ceilings = p.meta.setdefault("ceilings", {})
+    reasons = {}
+    for node_id, probes in end.items():
+        ceilings.setdefault(node_id, {})["end"] = probes
+        start = ceilings[node_id].get("start", {})
+        why = [r for kind in probes for r in drifted(start.get(kind, {}), probes[kind])]
+        if why:
+            ceilings[node_id]["drifted"] = why
+            reasons[node_id] = "; ".join(why)
+    flagged = 0
+    attempt = p.meta.get("attempt_started_at", "")
+    for rec in latest_by_trial(read_jsonl(p.store.trials_path)[0]).values():
+        why = reasons.get(rec.get("node_id"))
+        if why and rec.get("status") == "ok" and rec.get("mode") in ("train", "infer") \
+                and (rec.get("started_at") or "") >= attempt:
+            note = "; ".join(x for x in (rec.get("noise_reasons"), f"node drifted: {why}") if x)
+            p.store.append({**rec, "noisy": True, "noise_reasons": note})
+            flagged += 1
+    return flagged
 
 
 def finalize(p: Plan, ok: int, failed: int, interrupted: bool) -> RunOutcome:
@@ -346,28 +291,36 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
               resume: str | None = None, data_root: str | None = None, allow_unofficial: bool = False,
               download: bool = False, skip_infeasible: bool = False, progress: bool = True,
               num_cpus: int | None = None, max_retries: int = MAX_RETRIES,
-              hang_grace_s: float = HANG_GRACE_S, hang_ids=()) -> RunOutcome:
-    """Run every trial of `suite` not already ok in this run: plan, connect, place, start, submit and collect,
-    finalize. A trial still running `hang_grace_s` + 2 x its time budget after it started is cancelled and
-    recorded as status=timeout. `hang_ids` (tests only) makes those trials hang on their worker."""
+              hang_grace_s: float = HANG_GRACE_S, hooks: Hooks | None = None) -> RunOutcome:
+    """Run every trial of `suite` not already ok in this run (see the module doc). A trial still running
+    `hang_grace_s` + 2 x its max budget after it started is cancelled and recorded as status=timeout."""
+    hooks = hooks or Hooks()
     p = plan(suite, out_dir, resume)
     connect(address, num_cpus=num_cpus)  # first: it sets up the environment Ray reads on import
     import ray
     nodes = cluster_nodes()
     place(p, nodes, skip_infeasible)
-    start(p, nodes, address)
+    timing = [s for s in p.runnable if s.mode in ("train", "infer")]
+    threads = suite.cpus_per_trial
+    ceilings = probe_nodes(nodes, threads, hooks.probe_s) if timing else {}
+    start(p, nodes, address, ceilings)
     arrays_ref = None
     if any(s.data == "cifar10" for s in p.runnable):  # read once here, shared through the object store
         from .cifar import load_cifar10
         arrays_ref = ray.put(load_cifar10(data_root, allow_unofficial=allow_unofficial, download=download))
     slots = sum(int(n["resources"].get("CPU", 0) // max(suite.cpus_per_trial, 1)) for n in nodes) or 1
-    sub = Submitter(p, arrays_ref, window=max(2 * slots, 4), max_retries=max_retries, hang_grace_s=hang_grace_s,
-                    hang_ids=hang_ids)
+    sub = Submitter(p, arrays_ref, ceilings, window=max(2 * slots, 4), max_retries=max_retries,
+                    hang_grace_s=hang_grace_s, hooks=hooks)
     bar = progress_bar(len(p.runnable), progress)
     counts = {"ok": 0, "failed": 0}
     interrupted = False
     try:
         collect(sub, p.store, bar, counts)
+        if timing and not interrupted:
+            end = probe_nodes(cluster_nodes(), threads, hooks.probe_s)
+            if hooks.end_probe:
+                end = {nid: hooks.end_probe(nid, probes) for nid, probes in end.items()}
+            flag_drifted_nodes(p, end)
     except KeyboardInterrupt:
         interrupted = True
         sub.cancel_all()

@@ -29,18 +29,20 @@ from pathlib import Path
 import yaml
 
 from .errors import SpecError, SuiteError
-from .spec import DEFAULT_TIMING_BUDGET_S, RULES, TrainConfig, TrialSpec, Variant, choice, show
+from .spec import RULES, TrainConfig, TrialSpec, Variant, choice, show
 
 VARIANT_FIELDS = tuple(f.name for f in dataclasses.fields(Variant))
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 GRID_FIELDS = VARIANT_FIELDS + TRAIN_FIELDS + ("data",)  # what axes and fixed may set
 EXCLUDE_FIELDS = GRID_FIELDS + ("mode", "device")
 TOP_KEYS = ("name", "description", "axes", "fixed", "exclude", "modes", "devices", "cpus_per_trial",
-            "repeats", "seed", "time_budget_s", "max_budget_s", "data")
+            "repeats", "seed", "time_budget_s", "max_budget_s", "placement", "data")
 SET_KEYS = TOP_KEYS + tuple(k for k in GRID_FIELDS if k not in TOP_KEYS)  # what --set may name
 DEVICE_KIND = choice("cpu", "cuda")  # a suite says which kind; which cuda:N a trial lands on is Ray's business
 DEFAULTS = {**dataclasses.asdict(Variant()), **dataclasses.asdict(TrainConfig()),
             "data": TrialSpec.__dataclass_fields__["data"].default}
+PLACEMENTS = ("exclusive", "shared")  # one timing trial per node at a time, or packed as the resources allow
+PLACEMENT_RULE = dataclasses.replace(choice(*PLACEMENTS), optional=True)
 LABEL_FIELDS = {"seq", "patch_size", "hidden_size", "num_layers", "bidirectional", "impl", "batch_size", "dtype"}
 MAX_TRIALS = 100_000  # a typo like repeats: 100000000 should be an error, not an hour of building specs
 MAX_MESSAGE = 400
@@ -57,6 +59,7 @@ class Suite:
     time_budget_s: float | None  # None: each trial's mode decides (TrialSpec.budget_s)
     raw: dict = field(compare=False, hash=False, repr=False)  # the parsed YAML (overrides applied), for the record
     overrides: dict = field(default_factory=dict, compare=False, hash=False)  # --set key: value, in order
+    placement: str | None = None  # exclusive or shared; None: each mode's default (plan.placement_of)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,6 +218,7 @@ def _parse(data, source: str) -> Suite:
     seed = _checked(source, "seed", "seed", data.get("seed", 0))
     budget = _checked(source, "time_budget_s", "time_budget_s", data.get("time_budget_s"))  # None: per mode
     max_budget = _checked(source, "max_budget_s", "max_budget_s", data.get("max_budget_s"))  # None: 4x budget
+    placement = _checked(source, "placement", "placement", data.get("placement"), PLACEMENT_RULE)
     excludes = _excludes(source, data)
 
     total = math.prod(len(v) for v in axes.values()) * len(modes) * len(devices) * repeats
@@ -248,7 +252,7 @@ def _parse(data, source: str) -> Suite:
         raise _err(source, "exclude", "no trials left after exclude")
 
     return Suite(name=name, description=description, path=str(source), sha256="", trials=tuple(specs.values()),
-                 cpus_per_trial=cpus, time_budget_s=budget, raw=data)
+                 cpus_per_trial=cpus, time_budget_s=budget, placement=placement, raw=data)
 
 
 def _excludes(source: str, data: dict) -> list[dict]:
@@ -370,51 +374,3 @@ def _put(data: dict, key: str, value) -> str | None:
         return key
     data["fixed"] = {**fixed, key: value}
     return f"fixed.{key}"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Scheduling and the dry-run plan
-
-def trial_resources(spec: TrialSpec, cpus_per_trial: int) -> dict:
-    """Ray resources for one trial: a CPU trial gets its threads' worth of cores; a GPU trial one GPU and the
-    one core that feeds it."""
-    if spec.device.startswith("cuda"):
-        return {"CPU": 1, "GPU": 1}
-    return {"CPU": cpus_per_trial}
-
-
-def format_plan(suite: Suite) -> str:
-    """What `lstm-bench run SUITE --dry-run` prints: one line per trial, then the totals."""
-    # Swept fields the label does not show (lr, dropout, ...) get their own column, or two trials would
-    # look identical in the plan.
-    axes = suite.raw.get("axes") or {}
-    extra_fields = [k for k in axes if k not in LABEL_FIELDS and k != "data"]
-    show_repeat = any(s.repeat for s in suite.trials)
-    header = ["#", "trial_id", "label", "mode", "device", "data", "resources"]
-    header += ["repeat"] if show_repeat else []
-    header += ["swept"] if extra_fields else []
-    rows = []
-    for i, spec in enumerate(suite.trials, 1):
-        res = " ".join(f"{k}={v}" for k, v in trial_resources(spec, suite.cpus_per_trial).items())
-        row = [str(i), spec.trial_id, spec.variant.label, spec.mode, spec.device, spec.data, res]
-        row += [str(spec.repeat)] if show_repeat else []
-        if extra_fields:
-            flat = spec.flat()
-            row.append(" ".join(f"{k}={flat[k]}" for k in extra_fields))
-        rows.append(row)
-    widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
-    lines = [f"suite {suite.name} ({suite.path}, sha256 {suite.sha256[:12]})"]
-    if suite.description:
-        lines.append("  " + " ".join(suite.description.split()))
-    if suite.overrides:
-        lines.append("  with " + " ".join(_item(k, v) for k, v in suite.overrides.items()))
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header] + rows]
-    n_gpu = sum(1 for s in suite.trials if s.device.startswith("cuda"))
-    n = len(suite.trials)
-    timed = [s.budget_s for s in suite.trials if s.budget_s < math.inf]
-    budget = (f"time budget {suite.time_budget_s:g} s per trial" if suite.time_budget_s is not None
-              else f"time budget per mode ({DEFAULT_TIMING_BUDGET_S:g} s for timing)")
-    budget += f", {sum(timed):g} s if run one at a time" if timed else ""
-    budget += f"; {n - len(timed)} accuracy trials run until their epochs end" if len(timed) < n else ""
-    lines.append(f"{n} trials: {n - n_gpu} CPU, {n_gpu} GPU; {budget}")
-    return "\n".join(lines)

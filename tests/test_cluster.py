@@ -36,8 +36,8 @@ def write_suite(tmp_path: Path, name: str, n_hidden=(8, 16), budget=0.5, data="s
 
 @pytest.fixture
 def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}})
-    c.add_node(num_cpus=1, resources={"node_b": 1})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1, "timing_slot": 1}})
+    c.add_node(num_cpus=1, resources={"node_b": 1, "timing_slot": 1})
     c.wait_for_nodes()
     yield c
     ray.shutdown()
@@ -65,8 +65,8 @@ def test_two_node_sweep_uses_both_nodes_and_shares_data_through_object_store(clu
 
 
 def test_node_removed_mid_sweep_every_trial_ok_exactly_once(tmp_path):
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    doomed = c.add_node(num_cpus=1, resources={"doomed": 1})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"timing_slot": 1}})
+    doomed = c.add_node(num_cpus=1, resources={"doomed": 1, "timing_slot": 1})
     c.wait_for_nodes()
     try:
         suite = load_suite(write_suite(tmp_path, "node-loss", n_hidden=(8, 16, 24), budget=1.0))

@@ -10,7 +10,7 @@ import yaml
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 ray = pytest.importorskip("ray")
 
-from harness.cluster import run_suite  # noqa: E402
+from harness.cluster import Hooks, run_suite  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from harness.store import read_jsonl  # noqa: E402
 from harness.suites import load_suite  # noqa: E402
@@ -37,7 +37,7 @@ def local_ray():
 def test_hanging_trial_is_cancelled_as_timeout_and_sweep_goes_on(tmp_path, local_ray):
     suite = load_suite(suite_file(tmp_path))
     victim = suite.trials[1].trial_id
-    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hang_grace_s=20, hang_ids={victim})
+    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hang_grace_s=20, hooks=Hooks(hang={victim}))
     c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["lost"] == 0 and c["ok"] == len(suite.trials) - 1 and c["failed"] == 1
     recs = {r["trial_id"]: r for r in read_jsonl(out.run_dir / "trials.jsonl")[0]}
@@ -128,10 +128,11 @@ def test_disk_full_stops_the_run_with_one_clear_error_and_keeps_what_was_written
         pytest.skip("needs root to mount a small tmpfs")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
     try:
-        # leave about three pages: run.json and a few records fit, the rest of the sweep does not
+        # leave about eight pages: run.json and a few records (each holds every step's time, a few kB) fit,
+        # the rest of the sweep does not
         filler = small / "filler"
         with open(filler, "wb") as f:
-            f.write(b"\0" * (64 * 1024 - 3 * 4096))
+            f.write(b"\0" * (64 * 1024 - 8 * 4096))
         suite = load_suite(suite_file(tmp_path, hidden=(8, 16, 24, 32, 40, 48)))
         with pytest.raises(HarnessError, match="No space left on device"):
             run_suite(suite, out_dir=small, progress=False, num_cpus=2)

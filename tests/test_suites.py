@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from harness.errors import SuiteError
 from harness.spec import TrialSpec
-from harness.suites import (EXCLUDE_FIELDS, TOP_KEYS, Suite, format_plan, load_suite, parse_suite,
-                            trial_resources)
+from harness.plan import format_plan, trial_resources
+from harness.suites import EXCLUDE_FIELDS, TOP_KEYS, Suite, load_suite, parse_suite
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 SHIPPED = sorted(SUITES.glob("*.yaml"))
@@ -128,11 +128,13 @@ def test_repeats_seed_threads_and_resources(tmp_path):
     assert len(suite.trials) == 24 * 3 and len(set(ids(suite))) == 72
     assert [t.repeat for t in suite.trials[:3]] == [0, 1, 2]
     assert all(t.seed == 7 and t.time_budget_s == 1.5 for t in suite.trials)
-    for t in suite.trials:
+    for t in suite.trials:  # timing trials are exclusive by default: they also take their node's timing slot
         if t.device == "cpu":
-            assert t.threads == 2 and trial_resources(t, suite.cpus_per_trial) == {"CPU": 2}
+            assert t.threads == 2 and trial_resources(t, suite.cpus_per_trial) == {"CPU": 2, "timing_slot": 1}
+            assert trial_resources(t, suite.cpus_per_trial, "shared") == {"CPU": 2}
         else:
-            assert t.threads is None and trial_resources(t, suite.cpus_per_trial) == {"CPU": 1, "GPU": 1}
+            assert t.threads is None and trial_resources(t, suite.cpus_per_trial) == {"CPU": 1, "GPU": 1,
+                                                                                     "timing_slot": 1}
     plan = format_plan(suite)
     assert plan.splitlines()[-1].startswith("72 trials: 36 CPU, 36 GPU")
     assert all(i in plan for i in ids(suite))

@@ -1,0 +1,87 @@
+"""The Ray cluster as the sweep sees it: connecting (an embedded loopback Ray, or a cluster's address), its
+alive nodes and their resources, whether a request fits, and each node's GEMM ceiling probed in place."""
+
+from __future__ import annotations
+
+import os
+
+from .errors import HarnessError
+
+# Exclusive placement: every node offers one timing slot (the embedded Ray sets it; cluster recipes pass
+# `ray start --resources='{"timing_slot": 1}'`), and every exclusive timing trial takes it, so at most one timing
+# trial runs on a node at a time.
+TIMING_SLOT = "timing_slot"
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None):
+    """No address: a new embedded Ray on loopback, dashboard off. Otherwise join the cluster at `address`
+    (HOST:PORT, 'auto', or ray://HOST:10001 through Ray Client)."""
+    if address is None:
+        # Without this (read when Ray is imported) Ray 2.60 on Linux replaces node IP 127.0.0.1 with the
+        # interface address and its servers listen on every interface; with it everything stays on loopback.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    env = {"KINETO_LOG_LEVEL": os.environ.get("KINETO_LOG_LEVEL", "6")}
+    from .env import git_commit
+    env["LSTM_BENCH_COMMIT"] = git_commit()  # workers may run an installed copy without .git
+    try:
+        if address is None:
+            # address="local": always a new instance, never whatever RAY_ADDRESS or /tmp/ray names.
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                     num_cpus=num_cpus, num_gpus=num_gpus, resources={TIMING_SLOT: 1},
+                     log_to_driver=False, configure_logging=True,
+                     logging_level="warning", runtime_env={"env_vars": env})
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level="warning",
+                     runtime_env={"env_vars": env})
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarnessError(f"cannot connect to Ray at {address or 'a new local instance'}: {msg}") from None
+    return ray.get_runtime_context()
+
+
+def cluster_nodes() -> list[dict]:
+    import ray
+    return [{"node_id": n["NodeID"], "node_ip": n["NodeManagerAddress"],
+             "resources": {k: v for k, v in n["Resources"].items() if not k.startswith("node:")}}
+            for n in ray.nodes() if n.get("Alive")]
+
+
+def fits(request: dict, nodes: list[dict]) -> bool:
+    return any(all(node["resources"].get(k, 0) >= v for k, v in request.items()) for node in nodes)
+
+
+def describe_resources(nodes: list[dict]) -> str:
+    def short(res):
+        keep = {k: v for k, v in res.items() if k not in ("memory", "object_store_memory")}
+        return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(keep.items())) + "}"
+    return "; ".join(f"{n['node_ip']} {short(n['resources'])}" for n in nodes) or "no alive nodes"
+
+
+def _probe_task(kinds: list[str], threads: int | None, seconds: float) -> dict:
+    from .ceiling import probe_node
+    return {kind: probe_node(kind, threads, seconds=seconds) for kind in kinds}
+
+
+def probe_nodes(nodes: list[dict], threads: int | None, seconds: float = 1.0) -> dict[str, dict]:
+    """node_id -> {device kind: {precision: {"gflop_per_s", "spread", "n"}}}: the fixed GEMM probe run on every
+    alive node at once, each as a Ray task pinned to its node (CPU at the trials' thread count; CUDA on one GPU
+    when the node has one). A node whose probe fails is left out: its trials probe their own process."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    refs = {}
+    for n in nodes:
+        res = n["resources"]
+        kinds = ["cpu"] + (["cuda"] if res.get("GPU", 0) >= 1 else [])
+        refs[n["node_id"]] = ray.remote(_probe_task).options(
+            num_cpus=min(threads or 1, res.get("CPU", 1)), num_gpus=1 if "cuda" in kinds else 0, max_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["node_id"], soft=False)).remote(kinds, threads, seconds)
+    out = {}
+    for node_id, ref in refs.items():
+        try:
+            out[node_id] = ray.get(ref, timeout=120)
+        except Exception:  # a node that cannot probe (lost, busy past the timeout) is not a reason to stop
+            pass
+    return out
