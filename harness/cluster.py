@@ -33,6 +33,8 @@ from .suites import Suite
 MAX_RETRIES = 3  # for tasks lost with a worker process or node (system failures), not for trial errors
 HANG_GRACE_S = 120.0
 WAIT_BATCH = 64  # results collected per ray.wait
+OOM_RETRIES = 1  # a trial killed for memory is retried once (Ray's default is forever); nodes.connect sets it
+POLL_S = 1.0     # how often the driver asks the clock for start events (and looks for hung trials)
 PROBE_S = 1.0    # seconds of each node's GEMM probe, per precision, at the start and end of a run
 
 
@@ -66,16 +68,12 @@ def _trial_task(spec_flat: dict, arrays, clock, limit_s: float, ceilings: dict, 
     hooks = hooks or Hooks()
     tid = spec_flat["trial_id"]
     node = ray.get_runtime_context().get_node_id()
-    try:
-        attempt = ray.get(clock.start.remote(tid, limit_s, node), timeout=60)
-    except Exception:  # a clock that cannot answer costs the hang deadline of this trial, not the trial
-        attempt = None
+    attempt_ref = clock.start.remote(tid, limit_s, node)  # answered later: the trial does not wait for the clock
     if tid in hooks.hang:
         time.sleep(10**6)
     if hooks.barrier is not None:
         ray.get(hooks.barrier.arrive.remote())
-    where = {"node_id": node, "node_ip": node_ip_of_this_worker(), "worker_pid": os.getpid(), "attempt": attempt,
-             "placement": placement}
+    where = {"node_id": node, "node_ip": node_ip_of_this_worker(), "worker_pid": os.getpid(), "placement": placement}
     spec = TrialSpec.from_flat(spec_flat)
     try:
         result = (hooks.trial_fn or run_trial)(spec, arrays=arrays, extra=where, ceilings=ceilings.get(node))
@@ -83,6 +81,10 @@ def _trial_task(spec_flat: dict, arrays, clock, limit_s: float, ceilings: dict, 
         result = TrialResult(record=_spec_record(spec, "failed", str(exc), **where, duration_s=0.0,
                                                  started_at=dt.datetime.now(dt.timezone.utc).isoformat()))
     rec = result.record
+    try:
+        rec["attempt"] = ray.get(attempt_ref, timeout=60)
+    except Exception:  # a clock that cannot answer costs this record its attempt number, not the trial
+        rec["attempt"] = None
     if rec.get("timed_start") is not None:
         try:
             rec["co_tenants"] = ray.get(clock.co_tenants.remote(node, tid, rec["timed_start"], rec["timed_end"]),
@@ -140,6 +142,8 @@ class Submitter:
         self.queue = list(p.runnable)
         self.pending: dict = {}  # ObjectRef -> TrialSpec
         self.deadlines = Deadlines()
+        self.first_submit_at = self.last_record_at = None  # epoch seconds, for run.json (driver overhead)
+        self.polled_at = 0.0
         self.reused, self.fresh = ray.remote(_trial_task), ray.remote(max_calls=1)(_trial_task)
         # The clock lives on the driver's node, so a worker node that dies or drops off the network takes
         # neither the clock nor the driver's loop with it; restarted if its process dies, calls retried.
@@ -149,12 +153,14 @@ class Submitter:
         ).remote()
 
     def fill(self) -> None:
+        if self.first_submit_at is None and self.queue:
+            self.first_submit_at = time.time()
         while self.queue and len(self.pending) < self.window:
             s = self.queue.pop(0)
             req = self.p.requests[s.trial_id]
             task = self.fresh if s.device.startswith("cuda") or s.mode == "profile" else self.reused
-            ref = task.options(num_cpus=req.get("CPU", 1), num_gpus=req.get("GPU", 0),
-                               resources={k: v for k, v in req.items() if k not in ("CPU", "GPU")} or None,
+            ref = task.options(num_cpus=req.get("CPU", 1), num_gpus=req.get("GPU", 0), memory=req.get("memory"),
+                               resources={k: v for k, v in req.items() if k not in ("CPU", "GPU", "memory")} or None,
                                max_retries=self.max_retries, retry_exceptions=False,
                                name=f"trial {s.trial_id} {s.variant.label} {s.mode}").remote(
                 s.flat(), self.arrays_ref, self.clock, hang_limit_s(s, self.hang_grace_s), self.ceilings,
@@ -166,6 +172,9 @@ class Submitter:
         own; the clock is asked only for start events since the last poll (a slow clock delays them, never
         loses those already known)."""
         import ray
+        if time.time() - self.polled_at < POLL_S:
+            return []
+        self.polled_at = time.time()
         try:
             self.deadlines.absorb(*ray.get(self.clock.events_since.remote(self.deadlines.seen), timeout=2))
         except Exception:
@@ -208,7 +217,8 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
     import ray
 
     def record(result: TrialResult, spec: TrialSpec) -> None:
-        rec = store.add(result)
+        rec = store.add(result, sync=False)  # one fsync per batch, below, before the loop moves on
+        sub.last_record_at = time.time()
         sub.deadlines.forget(spec.trial_id)
         counts["ok" if rec.get("status") == "ok" else "failed"] += 1
         bar.update(1)
@@ -216,10 +226,14 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
 
     sub.fill()
     while sub.pending:
-        ready, _ = ray.wait(list(sub.pending), num_returns=min(WAIT_BATCH, len(sub.pending)), timeout=1.0)
+        refs = list(sub.pending)
+        ready, _ = ray.wait(refs, num_returns=min(WAIT_BATCH, len(refs)), timeout=0)  # what is done now
+        if not ready:  # nothing yet: block for the first one (or a second, to look for hung trials)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
         for ref in ready:
             spec = sub.pending.pop(ref)
             record(_result(ref, spec), spec)
+        store.sync()
         for ref, spec, ran in sub.overdue():
             sub.pending.pop(ref)
             if ray.wait([ref], timeout=0)[0]:  # it finished after all: keep its result
@@ -229,6 +243,7 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
             record(TrialResult(record=_spec_record(
                 spec, "timeout", f"still running {ran:.0f} s after it started (time budget {spec.budget_s:g} s, "
                 f"at most {spec.max_budget:g} s, + grace): cancelled", duration_s=ran)), spec)
+            store.sync()
         sub.fill()
 
 
@@ -236,6 +251,11 @@ def _result(ref, spec: TrialSpec) -> TrialResult:
     import ray
     try:
         return ray.get(ref)
+    except ray.exceptions.OutOfMemoryError as exc:  # killed by Ray's memory monitor, retried at most once
+        return TrialResult(record=_spec_record(
+            spec, "failed", f"out of memory: killed by Ray's memory monitor on every attempt (the first and "
+            f"{OOM_RETRIES} retry); raise memory_mb or give it a bigger node ({str(exc).splitlines()[0][:200]})",
+            attempt=1 + OOM_RETRIES, started_at=None, duration_s=None))
     except Exception as exc:  # lost beyond its retries, or cancelled: recorded, never dropped
         return TrialResult(record=_spec_record(spec, "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
                                                started_at=None, duration_s=None))
@@ -316,6 +336,7 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
     interrupted = False
     try:
         collect(sub, p.store, bar, counts)
+        p.meta.update(first_submit_at=sub.first_submit_at, last_record_at=sub.last_record_at)
         if timing and not interrupted:
             end = probe_nodes(cluster_nodes(), threads, hooks.probe_s)
             if hooks.end_probe:

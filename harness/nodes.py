@@ -31,6 +31,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
             # address="local": always a new instance, never whatever RAY_ADDRESS or /tmp/ray names.
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                      num_cpus=num_cpus, num_gpus=num_gpus, resources={TIMING_SLOT: 1},
+                     _system_config={"task_oom_retries": 1},  # a trial killed for memory: retried once, not forever
                      log_to_driver=False, configure_logging=True,
                      logging_level="warning", runtime_env={"env_vars": env})
         else:

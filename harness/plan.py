@@ -21,6 +21,9 @@ from .store import RunStore, latest_by_trial, new_run_id, read_jsonl
 from .suites import LABEL_FIELDS, Suite, _item
 
 TIMING_MODES = ("train", "infer", "profile")
+# Ray memory a trial reserves unless the suite's memory_mb says otherwise: Ray's memory monitor kills what goes
+# beyond a node's memory, and without a reservation nothing stops Ray packing more trials than fit.
+DEFAULT_MEMORY_MB = {"train": 2048, "infer": 1024, "profile": 2048, "accuracy": 4096}
 
 
 def placement_of(spec: TrialSpec, placement: str | None) -> str:
@@ -28,9 +31,11 @@ def placement_of(spec: TrialSpec, placement: str | None) -> str:
     return placement or ("exclusive" if spec.mode in TIMING_MODES else "shared")
 
 
-def trial_resources(spec: TrialSpec, cpus_per_trial: int, placement: str | None = None) -> dict:
-    """Ray resources for one trial (see the module doc)."""
+def trial_resources(spec: TrialSpec, cpus_per_trial: int, placement: str | None = None,
+                    memory_mb: int | None = None) -> dict:
+    """Ray resources for one trial (see the module doc); `memory` in bytes, as Ray counts it."""
     req = {"CPU": 1, "GPU": 1} if spec.device.startswith("cuda") else {"CPU": cpus_per_trial}
+    req["memory"] = (memory_mb or DEFAULT_MEMORY_MB[spec.mode]) * 2**20
     if placement_of(spec, placement) == "exclusive":
         req[TIMING_SLOT] = 1
     return req
@@ -80,7 +85,8 @@ def _show_overrides(overrides) -> str:
 
 def place(p: Plan, nodes: list[dict], skip_infeasible: bool) -> None:
     """Split the trials to do into runnable and infeasible (no node has what they ask for)."""
-    p.requests = {s.trial_id: trial_resources(s, p.suite.cpus_per_trial, p.suite.placement) for s in p.todo}
+    p.requests = {s.trial_id: trial_resources(s, p.suite.cpus_per_trial, p.suite.placement, p.suite.memory_mb)
+                  for s in p.todo}
     p.infeasible = [s for s in p.todo if not fits(p.requests[s.trial_id], nodes)]
     if p.infeasible and not skip_infeasible:
         need = sorted({str(p.requests[s.trial_id]) for s in p.infeasible})
@@ -103,7 +109,7 @@ def format_plan(suite: Suite) -> str:
     header += ["swept"] if extra_fields else []
     rows = []
     for i, spec in enumerate(suite.trials, 1):
-        res = " ".join(f"{k}={v}" for k, v in trial_resources(spec, suite.cpus_per_trial, suite.placement).items())
+        res = " ".join(f"{k}={v}" for k, v in trial_resources(spec, suite.cpus_per_trial, suite.placement, suite.memory_mb).items())
         row = [str(i), spec.trial_id, spec.variant.label, spec.mode, spec.device, spec.data, res]
         row += [str(spec.repeat)] if show_repeat else []
         if extra_fields:

@@ -96,18 +96,27 @@ class RunStore:
             raise HarnessError(f"cannot write results to {self.dir}: {exc.strerror or exc}") from None
         return self
 
-    def append(self, record: dict) -> None:
-        """Write one record durably before the driver moves on (a crash loses nothing already returned)."""
+    def append(self, record: dict, sync: bool = True) -> None:
+        """Write one record durably before the driver moves on (a crash loses nothing already returned).
+        sync=False leaves the fsync to a later sync(): the driver syncs once per batch of results."""
         line = json.dumps(jsonable(record), separators=(",", ":")) + "\n"
         try:
             self._fh.write(line)
             self._fh.flush()
+            if sync:
+                os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise HarnessError(f"cannot append to {self.trials_path}: {exc.strerror or exc}; "
+                               f"records already written are kept") from None
+
+    def sync(self) -> None:
+        try:
             os.fsync(self._fh.fileno())
         except OSError as exc:
             raise HarnessError(f"cannot append to {self.trials_path}: {exc.strerror or exc}; "
                                f"records already written are kept") from None
 
-    def add(self, result: TrialResult) -> dict:
+    def add(self, result: TrialResult, sync: bool = True) -> dict:
         """Store one trial's result: its profile artifacts first (so a record never points at a missing trace),
         then its record. A profile that cannot be written turns the record into a failure saying why."""
         record = dict(result.record)
@@ -117,7 +126,7 @@ class RunStore:
                                                       result.kernels)
             except HarnessError as exc:
                 record.update(status="failed", error=str(exc))
-        self.append(record)
+        self.append(record, sync)
         return record
 
     def close(self) -> None:

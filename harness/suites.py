@@ -36,7 +36,7 @@ TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 GRID_FIELDS = VARIANT_FIELDS + TRAIN_FIELDS + ("data",)  # what axes and fixed may set
 EXCLUDE_FIELDS = GRID_FIELDS + ("mode", "device")
 TOP_KEYS = ("name", "description", "axes", "fixed", "exclude", "modes", "devices", "cpus_per_trial",
-            "repeats", "seed", "time_budget_s", "max_budget_s", "placement", "data")
+            "repeats", "seed", "time_budget_s", "max_budget_s", "placement", "memory_mb", "data")
 SET_KEYS = TOP_KEYS + tuple(k for k in GRID_FIELDS if k not in TOP_KEYS)  # what --set may name
 DEVICE_KIND = choice("cpu", "cuda")  # a suite says which kind; which cuda:N a trial lands on is Ray's business
 DEFAULTS = {**dataclasses.asdict(Variant()), **dataclasses.asdict(TrainConfig()),
@@ -60,6 +60,7 @@ class Suite:
     raw: dict = field(compare=False, hash=False, repr=False)  # the parsed YAML (overrides applied), for the record
     overrides: dict = field(default_factory=dict, compare=False, hash=False)  # --set key: value, in order
     placement: str | None = None  # exclusive or shared; None: each mode's default (plan.placement_of)
+    memory_mb: int | None = None  # Ray memory each trial reserves; None: each mode's default (plan.DEFAULT_MEMORY_MB)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,6 +220,7 @@ def _parse(data, source: str) -> Suite:
     budget = _checked(source, "time_budget_s", "time_budget_s", data.get("time_budget_s"))  # None: per mode
     max_budget = _checked(source, "max_budget_s", "max_budget_s", data.get("max_budget_s"))  # None: 4x budget
     placement = _checked(source, "placement", "placement", data.get("placement"), PLACEMENT_RULE)
+    memory_mb = _checked(source, "memory_mb", "memory_mb", data.get("memory_mb"), RULES["train_subset"])
     excludes = _excludes(source, data)
 
     total = math.prod(len(v) for v in axes.values()) * len(modes) * len(devices) * repeats
@@ -252,7 +254,7 @@ def _parse(data, source: str) -> Suite:
         raise _err(source, "exclude", "no trials left after exclude")
 
     return Suite(name=name, description=description, path=str(source), sha256="", trials=tuple(specs.values()),
-                 cpus_per_trial=cpus, time_budget_s=budget, placement=placement, raw=data)
+                 cpus_per_trial=cpus, time_budget_s=budget, placement=placement, memory_mb=memory_mb, raw=data)
 
 
 def _excludes(source: str, data: dict) -> list[dict]:

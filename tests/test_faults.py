@@ -51,12 +51,12 @@ def test_unwritable_results_stop_the_run_with_a_clear_error_and_keep_what_was_wr
     real_append = results.RunStore.append
     calls = {"n": 0}
 
-    def failing_append(self, record):  # the disk fills up after two records
+    def failing_append(self, record, sync=True):  # the disk fills up after two records
         calls["n"] += 1
         if calls["n"] > 2:
             raise HarnessError(f"cannot append to {self.trials_path}: No space left on device; "
                                "records already written are kept")
-        real_append(self, record)
+        real_append(self, record, sync)
 
     results.RunStore.append = failing_append
     try:

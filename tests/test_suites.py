@@ -128,13 +128,15 @@ def test_repeats_seed_threads_and_resources(tmp_path):
     assert len(suite.trials) == 24 * 3 and len(set(ids(suite))) == 72
     assert [t.repeat for t in suite.trials[:3]] == [0, 1, 2]
     assert all(t.seed == 7 and t.time_budget_s == 1.5 for t in suite.trials)
+    mem = {"train": 2048 * 2**20, "infer": 1024 * 2**20}  # each mode's default reservation (memory_mb unset)
     for t in suite.trials:  # timing trials are exclusive by default: they also take their node's timing slot
         if t.device == "cpu":
-            assert t.threads == 2 and trial_resources(t, suite.cpus_per_trial) == {"CPU": 2, "timing_slot": 1}
-            assert trial_resources(t, suite.cpus_per_trial, "shared") == {"CPU": 2}
+            assert t.threads == 2 and trial_resources(t, suite.cpus_per_trial) == {
+                "CPU": 2, "timing_slot": 1, "memory": mem[t.mode]}
+            assert trial_resources(t, suite.cpus_per_trial, "shared", 300) == {"CPU": 2, "memory": 300 * 2**20}
         else:
-            assert t.threads is None and trial_resources(t, suite.cpus_per_trial) == {"CPU": 1, "GPU": 1,
-                                                                                     "timing_slot": 1}
+            assert t.threads is None and trial_resources(t, suite.cpus_per_trial) == {
+                "CPU": 1, "GPU": 1, "timing_slot": 1, "memory": mem[t.mode]}
     plan = format_plan(suite)
     assert plan.splitlines()[-1].startswith("72 trials: 36 CPU, 36 GPU")
     assert all(i in plan for i in ids(suite))
