@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Callable
 
 from .clock import Deadlines, TrialClock
+from .env import code_version
 from .errors import HarnessError
 from .nodes import cluster_nodes, connect, describe_resources, probe_nodes
-from .plan import Plan, place, placement_of, plan
+from .plan import Plan, code_identity, place, placement_of, plan
 from .schema import TrialResult
 from .spec import TrialSpec
 from .store import RunStore, latest_by_trial, read_jsonl
@@ -120,7 +121,8 @@ def start(p: Plan, nodes: list[dict], address: str | None, ceilings: dict) -> No
                    "suite_sha256": p.suite.sha256, "overrides": p.suite.overrides, "placement": p.suite.placement,
                    "nodes": nodes, "address": address or "embedded", "started_at": p.meta.get("started_at", now),
                    "attempt_started_at": now, "status": "running", "planned": len(p.suite.trials),
-                   "ceilings": {nid: {"start": c} for nid, c in ceilings.items()}})
+                   "ceilings": {nid: {"start": c} for nid, c in ceilings.items()}, **code_identity(),
+                   "code_version": code_version()})
     p.store.write_meta(p.meta)
     for s in p.infeasible:
         p.store.append(_spec_record(s, "infeasible",

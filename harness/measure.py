@@ -58,6 +58,7 @@ class Measurement:
     min_blocks: int = MIN_BLOCKS
     timed_start: float = 0.0           # epoch seconds: the timed window
     timed_end: float = 0.0
+    throttled_ms: float | None = None  # cgroup CPU throttling during the timed window (containers with a quota)
 
     @property
     def block_img_per_s(self) -> list[float]:
@@ -95,6 +96,8 @@ class Measurement:
         contention = contention_reason(self.external_cores, self.free_cores)
         if contention:
             reasons.append(contention)
+        if self.throttled_ms and self.throttled_ms > 0.01 * 1000 * (self.timed_end - self.timed_start):
+            reasons.append(f"the container's CPU quota throttled the trial for {self.throttled_ms:.0f} ms")
         return reasons
 
     @property
@@ -127,19 +130,26 @@ def percentile(xs, pct: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+def available_cores() -> float:
+    """The cores this process may use: its affinity set, capped by its container's cgroup CPU quota."""
+    from .env import available_cpu_cores
+    return available_cpu_cores()
 
 
 class CpuAccount:
     """CPU seconds spent by the whole machine and by this process, to tell how much others took."""
 
     def __init__(self):
+        from .env import cgroup_cpu
         self.proc = psutil.Process()
         self.start = self._read()
+        self._cgroup = cgroup_cpu
+        self.throttled0 = cgroup_cpu()["throttled_usec"]
+
+    def throttled_ms(self) -> float | None:
+        """Time the container's CPU quota held this cgroup back since the start (None outside a quota)."""
+        now = self._cgroup()["throttled_usec"]
+        return None if now is None or self.throttled0 is None else (now - self.throttled0) / 1000.0
 
     def _read(self):
         t = psutil.cpu_times()
@@ -229,4 +239,5 @@ def measure(step: Callable[[], object], *, batch_size: int, device: torch.device
                        step_times_s=tuple(steps), warmup_steps=warm_steps, warmup_s=warm_time,
                        external_cores=external, free_cores=max(0, available_cores() - threads),
                        budget_exhausted=exhausted, rel_iqr_target=rel_iqr, warmup_settled=settled,
-                       min_steps=min_steps, min_blocks=min_blocks, timed_start=timed_start, timed_end=timed_end)
+                       min_steps=min_steps, min_blocks=min_blocks, timed_start=timed_start, timed_end=timed_end,
+                       throttled_ms=account.throttled_ms())

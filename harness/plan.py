@@ -26,6 +26,15 @@ TIMING_MODES = ("train", "infer", "profile")
 DEFAULT_MEMORY_MB = {"train": 2048, "infer": 1024, "profile": 2048, "accuracy": 4096}
 
 
+def code_identity() -> dict:
+    """What a run's numbers depend on in the driver's software: the hash of the harness code (not the commit: a
+    commit that changes only docs changes no number) and torch. run.json keeps both; --resume refuses others."""
+    import torch
+
+    from .env import code_version
+    return {"code_hash": code_version().split("+")[0], "torch_version": str(torch.__version__)}
+
+
 def placement_of(spec: TrialSpec, placement: str | None) -> str:
     """The suite's placement, else the mode's default: exclusive for timing, shared for accuracy."""
     return placement or ("exclusive" if spec.mode in TIMING_MODES else "shared")
@@ -70,6 +79,11 @@ def plan(suite: Suite, out_dir: str | Path, resume: str | None) -> Plan:
             raise HarnessError(f"--resume {resume}: that run was made from a different suite file "
                                f"({meta.get('suite_path')}, sha256 {meta['suite_sha256'][:12]}) than {suite.path} "
                                f"(sha256 {suite.sha256[:12]}); start a new run instead")
+        ours = code_identity()
+        for key, theirs in ((k, meta.get(k)) for k in ours):
+            if theirs and theirs != ours[key]:
+                raise HarnessError(f"--resume {resume}: that run was made with {key} {theirs}, this one has "
+                                   f"{ours[key]}; its numbers would not compare: start a new run instead")
         if meta and (meta.get("overrides") or {}) != overrides:
             raise HarnessError(f"--resume {resume}: that run was made with --set {_show_overrides(meta.get('overrides'))}"
                                f", this one has --set {_show_overrides(overrides)}; give the same overrides")

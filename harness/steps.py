@@ -127,12 +127,26 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(device)
             self.base = torch.cuda.memory_allocated(device)
         else:
-            # Memory freed by an earlier trial in this (reused) worker stays in malloc's heap and would be
-            # reused without raising RSS: hand it back to the OS first, then reset the peak-RSS mark.
-            _malloc_trim()
-            with contextlib.suppress(OSError):
-                Path("/proc/self/clear_refs").write_text("5")
-            self.base = _proc_status_kb("VmRSS")
+            self.base = None if not self._reset_cpu_peak() else _proc_status_kb("VmRSS")
+
+    @staticmethod
+    def _reset_cpu_peak() -> bool:
+        """Memory freed by an earlier trial in this (reused) worker stays in malloc's heap and would be reused
+        without raising RSS: hand it back to the OS first, then reset the peak-RSS mark. False when the mark
+        cannot be reset (then the peak would be the process's lifetime peak: reported as null instead)."""
+        _malloc_trim()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            return True
+        except OSError:
+            return False
+
+    def reset(self) -> None:
+        """Start a new peak from here, above the same base (accuracy mode: training and evaluation apart)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.base is not None and not self._reset_cpu_peak():
+            self.base = None
 
     def peak_mb(self) -> float | None:
         if self.device.type == "cuda":

@@ -7,7 +7,8 @@ evaluate on every test image. Training stops after `epochs`, when the largest ta
 or when the wall-clock time budget (checked after every step) runs out.
 
 Times: `elapsed_s` in the curve, `time_to_target_s` and `train_img_per_s` count training time only
-(evaluation excluded, `eval_s` separately); the time budget counts everything since training started.
+(evaluation excluded, `eval_s` separately; `train_img_per_s` also leaves out the first WARMUP_STEPS steps, as a
+train-mode trial leaves out its warm-up); the time budget counts everything since training started.
 Determinism: torch.manual_seed(seed) before the model is built, and one CPU torch.Generator(seed) for the
 data order and augmentation, so a seed gives a bit-identical curve on the same machine and thread count.
 """
@@ -33,6 +34,7 @@ ONECYCLE_PCT_START = 0.3   # torch OneCycleLR's defaults: rise over 30% of the s
 ONECYCLE_DIV = 25.0        # then anneal to lr/25/1e4
 ONECYCLE_FINAL_DIV = 1e4
 MIN_EVAL_BATCH = 500
+WARMUP_STEPS = 10          # first steps of training, left out of train_img_per_s (lazy init, allocator growth)
 
 
 def lr_at(step: int, t: TrainConfig, steps_per_epoch: int) -> float:
@@ -83,6 +85,10 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int, device: torch.
     return loss_sum.item() / total, correct / total, correct, total
 
 
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
 def check_finite(losses: torch.Tensor, lo: int, hi: int, epoch: int) -> None:
     """Raise NonFiniteLoss naming the first non-finite loss among the epoch's steps lo..hi-1 (one sync)."""
     window = losses[lo:hi]
@@ -115,6 +121,9 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
     epochs_to_target = {str(x): None for x in targets}
     step = images = 0
     train_s = eval_s = 0.0
+    warm_steps = min(WARMUP_STEPS, steps_per_epoch // 2)  # steps_per_epoch >= 1; an epoch of 1 step: none
+    warm_s = None                                          # training time of the warm-up steps
+    train_peak = eval_peak = None
     lr = lr_at(0, t, steps_per_epoch)
     start = perf_counter()
     others = CpuAccount()  # did other processes compete for the cores? (time-to-accuracy is wall clock)
@@ -139,6 +148,9 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
             losses[n] = loss.detach()
             n += 1
             step += 1
+            if step == warm_steps:
+                sync(device)
+                warm_s = train_s + perf_counter() - t0
             if n - checked >= check_every:
                 check_finite(losses, checked, n, epoch)
                 checked = n
@@ -150,11 +162,15 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
         sync(device)
         train_s += perf_counter() - t0
         images += n * v.batch_size
+        train_peak = _max(train_peak, mem.peak_mb())
+        mem.reset()
 
         # ---- evaluate on the whole test set ----
         t1 = perf_counter()
         test_loss, test_acc, _, _ = evaluate(model, data, eval_batch, device, spec)
         eval_s += perf_counter() - t1
+        eval_peak = _max(eval_peak, mem.peak_mb())
+        mem.reset()
         curve.append({"epoch": epoch, "steps": n, "train_loss": train_loss, "test_loss": test_loss,
                       "test_acc": test_acc, "elapsed_s": train_s, "lr": lr})
         for x in targets:
@@ -166,7 +182,11 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
             stopped_by = "target"
             break
 
-    img_per_s = images / train_s
+    # Throughput after the warm-up steps (when training ran past them), as a train-mode trial excludes warm-up.
+    if warm_s is not None and step > warm_steps and train_s > warm_s:
+        img_per_s = (images - warm_steps * v.batch_size) / (train_s - warm_s)
+    else:
+        img_per_s = images / train_s
     external, free = others.external_cores(), max(0, available_cores() - torch.get_num_threads())
     busy = contention_reason(external, free) if device.type == "cpu" else None
     return {
@@ -191,6 +211,7 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
         "external_cpu_cores": round(external, 2),
         "latency_ms_p50": None, "latency_ms_p90": None, "latency_ms_p99": None,
         **gemm_fields(v, spec.mode, img_per_s),
-        "peak_mem_mb": mem.peak_mb(),
+        "peak_mem_mb": train_peak,          # training: model, optimizer state, activations
+        "eval_peak_mem_mb": eval_peak,      # evaluation batches (no autograd), apart
         "backend": detect_backend(model, next(data.test_batches(v.batch_size))[0], spec, device),
     }

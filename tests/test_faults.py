@@ -144,3 +144,24 @@ def test_disk_full_stops_the_run_with_one_clear_error_and_keeps_what_was_written
         assert all(r["status"] == "ok" for r in recs)
     finally:
         subprocess.run(["umount", "-l", str(small)])
+
+
+def test_resume_with_other_code_or_torch_is_refused(tmp_path):
+    """run.json keeps the harness code and torch a run was made with; --resume with others names both (checked
+    before Ray starts, so no cluster is needed)."""
+    import json
+
+    from harness.plan import plan
+    suite = load_suite(suite_file(tmp_path))
+    run_dir = tmp_path / "r" / suite.name / "20260101-000000-abcd"
+    run_dir.mkdir(parents=True)
+    meta = {"suite_sha256": suite.sha256, "overrides": {}, "code_hash": "0123456789ab", "torch_version": "2.14.1"}
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(HarnessError, match=r"code_hash 0123456789ab, this one has"):
+        plan(suite, tmp_path / "r", run_dir.name)
+    from harness.plan import code_identity
+    (run_dir / "run.json").write_text(json.dumps({**meta, **code_identity(), "torch_version": "1.0.0"}))
+    with pytest.raises(HarnessError, match="torch_version 1.0.0, this one has"):
+        plan(suite, tmp_path / "r", run_dir.name)
+    (run_dir / "run.json").write_text(json.dumps({**meta, **code_identity()}))
+    assert plan(suite, tmp_path / "r", run_dir.name).todo  # the same code and torch: resumed

@@ -49,7 +49,7 @@ def test_wide_spread_is_flagged_noisy():
 
 def test_competing_process_is_flagged_noisy():
     """A busy process on every core while a CPU-bound trial uses all of them: flagged, not reported clean."""
-    cores = available_cores()
+    cores = int(available_cores())
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
     try:
         time.sleep(0.3)

@@ -72,7 +72,9 @@ def test_accuracy_trial_learns_the_tiny_dataset(tiny_cifar):
     assert all(round(c["test_acc"] * 100) == pytest.approx(c["test_acc"] * 100) for c in curve)
     # the throughput records' fields are there too
     assert r["img_per_s"] == r["train_img_per_s"] > 0
-    assert r["train_img_per_s"] == pytest.approx(100 * 32 / r["train_s"])
+    # warm-up excluded: the first 5 steps (half of a 10-step epoch) are left out of the images and their time
+    assert r["train_img_per_s"] >= 95 * 32 / r["train_s"]
+    assert r["eval_peak_mem_mb"] is None or r["eval_peak_mem_mb"] >= 0
     assert r["noisy"] is False and r["img_per_s_iqr"] is None and r["latency_ms_p50"] is None
     assert r["backend"] in ("onednn-rnn", "aten-lstm-cpu") and r["gflop_per_s"] > 0
     assert r["peak_mem_mb"] is None or r["peak_mem_mb"] >= 0
@@ -154,7 +156,7 @@ def test_stops_at_the_largest_target(tiny_data):
 def test_time_budget_cuts_the_run_short(tiny_data, monkeypatch):
     clock = iter(range(10**6))  # a fake clock: one second per reading
     monkeypatch.setattr(trainmod, "perf_counter", lambda: float(next(clock)))
-    r = run_accuracy(spec(epochs=50, time_budget_s=25.0), tiny_data, CPU)
+    r = run_accuracy(spec(epochs=50, time_budget_s=26.0), tiny_data, CPU)
     assert r["stopped_by"] == "time_budget" and 1 < r["epochs_run"] < 50
     assert r["curve"][-1]["steps"] < 10 and all(c["steps"] == 10 for c in r["curve"][:-1])
     assert r["steps_run"] == sum(c["steps"] for c in r["curve"])

@@ -142,7 +142,11 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     for col in ("impl", "dtype", "mode"):
         df[col] = ["?" if _missing(v) else str(v) for v in df[col]]
-    labels = [_device_labels(*row) for row in zip(df["device"], df["gpu_name"], df["cpu_model"], df["threads"])]
+    labels = [_device_labels(*row) for row in zip(df["device"], df["gpu_name"], df["cpu_model"], df["threads"],
+                                                  df["hw_fingerprint"])]
+    # Records made before precision was an axis: dtype float32 with cuDNN's TF32 on is not strict float32.
+    df["dtype"] = [f"{d}+tf32-cudnn" if d == "float32" and _truthy(c) and not _truthy(m) else d
+                   for d, c, m in zip(df["dtype"], df["tf32_cudnn"], df["tf32_matmul"])]
     kinds, hardware, devices = zip(*labels) if labels else ((), (), ())
     df = df.copy()
     df["device_kind"], df["hardware"], df["device"] = list(kinds), list(hardware), list(devices)
@@ -154,14 +158,17 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _device_labels(device, gpu, cpu, threads) -> tuple[str, str, str]:
-    """(kind, hardware, device): "cuda", "cuda (NVIDIA H100 80GB HBM3)", and on CPU the device label adds the
-    thread count: "cpu (AMD EPYC, 2 threads)"."""
+def _device_labels(device, gpu, cpu, threads, fingerprint=None) -> tuple[str, str, str]:
+    """(kind, hardware, device): "cuda", "cuda (NVIDIA H100 80GB HBM3, hw 1a2b3c)", and on CPU the device label
+    adds the thread count: "cpu (AMD EPYC, hw 4d5e6f, 2 threads)". The hardware fingerprint (its first six
+    characters) keeps two machines with the same CPU or GPU name apart."""
     if isinstance(device, str) and device.startswith("cuda"):
         kind = "cuda"
     else:
         kind = "?" if _missing(device) else str(device)
     hw = gpu if kind == "cuda" else cpu
+    if not _missing(fingerprint) and fingerprint:
+        hw = f"{'' if _missing(hw) or not hw else f'{hw}, '}hw {str(fingerprint)[:6]}"
     hardware = f"{kind} ({hw})" if not _missing(hw) and hw else kind
     if kind == "cpu" and not _missing(threads):
         inner = f"{hw}, " if not _missing(hw) and hw else ""
