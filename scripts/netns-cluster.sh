@@ -14,13 +14,20 @@
 # --temp-dir (the namespaces share one filesystem; Ray's session dirs and sockets would otherwise collide),
 # one CPU (so a sweep spreads over both) and a custom resource (host_head / host_worker) to tell them apart.
 #
+# The nodes are started by the recipes a real cluster uses, scripts/ray-head.sh and scripts/ray-worker.sh.
 # Token authentication stays on: `up` writes a fresh random token to $STATE/auth_token (mode 600) and every
 # Ray process here (head, worker, the `run` driver) gets RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=that file.
 # ~/.ray/auth_token is neither read nor written.
 #
-# Environment: RAY_PORT (6379), LB_NETNS_STATE (/tmp/lb-netns: tokens, logs, Ray temp dirs; keep it short,
-# Ray's unix socket paths live under it), LB_BIN (folder holding `ray` and `lstm-bench`; default: the
-# repository's .venv/bin, else wherever `ray` is on PATH), LB_NETNS_TIMEOUT (seconds to wait for nodes, 90).
+# TLS (opt-in): `LB_TLS=1 netns-cluster.sh up` also makes a CA and a certificate per host
+# (scripts/make-tls-certs.sh into $STATE/tls: head/ for 10.213.77.1, worker/ for 10.213.77.2) and starts each
+# node with TLS_DIR=its folder; `run` and `status` then give the driver in lb-head the head's certificate
+# (RAY_USE_TLS=1 RAY_TLS_SERVER_CERT/_KEY RAY_TLS_CA_CERT), as a driver on the head would have.
+#
+# Environment: RAY_PORT (6379), LB_NETNS_STATE (/tmp/lb-netns: tokens, certificates, logs, Ray temp dirs; keep
+# it short, Ray's unix socket paths live under it), LB_BIN (folder holding `ray` and `lstm-bench`; default: the
+# repository's .venv/bin, else wherever `ray` is on PATH), LB_NETNS_TIMEOUT (seconds to wait for nodes, 90),
+# LB_TLS (1: TLS, with `up`).
 set -euo pipefail
 
 HEAD_NS=lb-head
@@ -65,16 +72,30 @@ ns_exists() { [[ -e /run/netns/$1 || -e /var/run/netns/$1 ]]; }
 
 # Every Ray process here runs through this: inside namespace $1, with token auth from our own token file.
 # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is dropped: with it set to 0 `ray start --address` refuses to join (each
-# namespace has a real address, so Ray has no 127.0.0.1 to rewrite). RAY_ADDRESS and RAY_AUTH_TOKEN are
-# dropped so that nothing from the caller's environment points elsewhere or overrides the token file.
+# namespace has a real address, so Ray has no 127.0.0.1 to rewrite). RAY_ADDRESS, RAY_AUTH_TOKEN, the TLS
+# variables and TLS_DIR are dropped so that nothing from the caller's environment points elsewhere, overrides
+# the token file or changes the TLS setting; callers add what they need as VAR=value arguments.
 in_ns() {
     local ns=$1; shift
     ip netns exec "$ns" env -u RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER -u RAY_ADDRESS -u RAY_AUTH_TOKEN \
+        -u RAY_USE_TLS -u RAY_TLS_SERVER_CERT -u RAY_TLS_SERVER_KEY -u RAY_TLS_CA_CERT -u TLS_DIR \
         RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$STATE/auth_token" RAY_USAGE_STATS_ENABLED=0 "$@"
 }
 
+tls_on() { [[ -s $STATE/tls/head/node.crt ]]; }
+
+# The environment of a driver in lb-head: with TLS, the head's certificate (a driver on the head may use it).
+driver_env() {
+    DRIVER_ENV=()
+    if tls_on; then
+        DRIVER_ENV=(RAY_USE_TLS=1 RAY_TLS_SERVER_CERT="$STATE/tls/head/node.crt"
+                    RAY_TLS_SERVER_KEY="$STATE/tls/head/node.key" RAY_TLS_CA_CERT="$STATE/tls/head/ca.crt")
+    fi
+}
+
 wait_for_nodes() {  # until both nodes are alive in the GCS, or TIMEOUT
-    in_ns "$HEAD_NS" "$BIN/python" - "$HEAD_IP:$PORT" "$TIMEOUT" <<'EOF'
+    driver_env
+    in_ns "$HEAD_NS" "${DRIVER_ENV[@]}" "$BIN/python" - "$HEAD_IP:$PORT" "$TIMEOUT" <<'EOF'
 import sys, time
 import ray
 address, timeout = sys.argv[1], float(sys.argv[2])
@@ -125,8 +146,10 @@ cmd_down() {
             ip link del "$ifc" || rc=1
         fi
     done
-    # Only what `up` made (LB_NETNS_STATE may point anywhere): the token, the logs, Ray's temp dirs.
-    rm -rf -- "$STATE/auth_token" "$STATE/head.log" "$STATE/worker.log" "$STATE/ray-head" "$STATE/ray-worker"
+    # Only what `up` made (LB_NETNS_STATE may point anywhere): the token, the certificates, the logs, Ray's
+    # temp dirs.
+    rm -rf -- "$STATE/auth_token" "$STATE/tls" "$STATE/tls.log" "$STATE/head.log" "$STATE/worker.log" "$STATE/ray-head" \
+        "$STATE/ray-worker"
     rmdir -- "$STATE" 2>/dev/null || true
     return $rc
 }
@@ -159,22 +182,35 @@ cmd_up() {
     mkdir -p "$STATE"
     chmod 700 "$STATE"
     (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$STATE/auth_token")
+    local head_tls=() worker_tls=()
+    rm -rf -- "$STATE/tls"
+    if [[ ${LB_TLS:-0} == 1 ]]; then
+        log "TLS on: a CA and a certificate per host in $STATE/tls"
+        bash "$ROOT/scripts/make-tls-certs.sh" "$STATE/tls" "head=$HEAD_IP" "worker=$WORKER_IP" \
+            >"$STATE/tls.log" 2>&1 || { cat "$STATE/tls.log" >&2; die "making the certificates failed"; }
+        rm -f -- "$STATE/tls.log"
+        head_tls=(TLS_DIR="$STATE/tls/head")
+        worker_tls=(TLS_DIR="$STATE/tls/worker")
+    fi
 
-    log "starting the Ray head in $HEAD_NS at $HEAD_IP:$PORT (log: $STATE/head.log)"
-    in_ns "$HEAD_NS" "$BIN/ray" start --head --node-ip-address="$HEAD_IP" --port="$PORT" \
-        --num-cpus=1 --num-gpus=0 --resources='{"host_head": 4}' --include-dashboard=false \
+    # The real recipes start the nodes (RAY: our ray; DASHBOARD=0: no dashboard; the rest as `ray start` flags).
+    log "starting the Ray head in $HEAD_NS at $HEAD_IP:$PORT with scripts/ray-head.sh (log: $STATE/head.log)"
+    in_ns "$HEAD_NS" "${head_tls[@]}" RAY="$BIN/ray" RAY_PORT="$PORT" DASHBOARD=0 \
+        bash "$ROOT/scripts/ray-head.sh" "$HEAD_IP" \
+        --num-cpus=1 --num-gpus=0 --resources='{"host_head": 4, "timing_slot": 1}' \
         --object-store-memory=200000000 --temp-dir="$STATE/ray-head" --disable-usage-stats \
         >"$STATE/head.log" 2>&1 || { tail -n 30 "$STATE/head.log" >&2; die "head did not start"; }
 
-    log "starting the Ray worker in $WORKER_NS at $WORKER_IP (log: $STATE/worker.log)"
-    in_ns "$WORKER_NS" "$BIN/ray" start --address="$HEAD_IP:$PORT" --node-ip-address="$WORKER_IP" \
-        --num-cpus=1 --num-gpus=0 --resources='{"host_worker": 4}' \
+    log "starting the Ray worker in $WORKER_NS at $WORKER_IP with scripts/ray-worker.sh (log: $STATE/worker.log)"
+    in_ns "$WORKER_NS" "${worker_tls[@]}" RAY="$BIN/ray" \
+        bash "$ROOT/scripts/ray-worker.sh" "$HEAD_IP:$PORT" "$WORKER_IP" \
+        --num-cpus=1 --num-gpus=0 --resources='{"host_worker": 4, "timing_slot": 1}' \
         --object-store-memory=200000000 --temp-dir="$STATE/ray-worker" --disable-usage-stats \
         >"$STATE/worker.log" 2>&1 || { tail -n 30 "$STATE/worker.log" >&2; die "worker did not start"; }
 
     wait_for_nodes || { tail -n 20 "$STATE/head.log" "$STATE/worker.log" >&2; die "nodes did not come up"; }
     trap - ERR
-    log "up: head $HEAD_IP:$PORT, worker $WORKER_IP; next: $0 run [SUITE [OUT_DIR]]; then: $0 down"
+    log "up: head $HEAD_IP:$PORT, worker $WORKER_IP$(tls_on && echo ', TLS on'); next: $0 run [SUITE [OUT_DIR]]; then: $0 down"
 }
 
 cmd_run() {
@@ -187,7 +223,8 @@ cmd_run() {
     if [[ $# -gt 0 && $1 != -* ]]; then out=$1; shift; fi
     [[ -x $BIN/lstm-bench ]] || die "$BIN/lstm-bench not found (pip install -e . in that venv)"
     # The driver runs inside lb-head: it reaches the head at 10.213.77.1 and, through it, the worker.
-    in_ns "$HEAD_NS" "$BIN/lstm-bench" run "$suite" --address "$HEAD_IP:$PORT" --out "$out" "$@"
+    driver_env
+    in_ns "$HEAD_NS" "${DRIVER_ENV[@]}" "$BIN/lstm-bench" run "$suite" --address "$HEAD_IP:$PORT" --out "$out" "$@"
 }
 
 cmd_status() {
@@ -202,7 +239,8 @@ cmd_status() {
     done
     if ns_exists "$HEAD_NS" && [[ -s $STATE/auth_token ]]; then
         find_bin
-        in_ns "$HEAD_NS" "$BIN/ray" status --address="$HEAD_IP:$PORT" || true
+        driver_env
+        in_ns "$HEAD_NS" "${DRIVER_ENV[@]}" "$BIN/ray" status --address="$HEAD_IP:$PORT" || true
     fi
 }
 

@@ -9,18 +9,45 @@
 # The token must be the head's (see what scripts/ray-head.sh printed). Ray looks for it in this order:
 # $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token. RAY_AUTH_MODE=token is set here: a worker
 # started without it cannot join a head that has authentication on.
+# TLS_DIR (optional): this node's folder from scripts/make-tls-certs.sh (ca.crt, node.crt, node.key); needed
+# when the head was started with TLS, refused by it otherwise. TIMING_SLOT (1; 0: none): the node's
+# "timing_slot" resource, added to --resources (lstm-bench's exclusive placement takes it; see below).
 # Every worker needs the project installed in the same Python as `ray` (pip install -e . or the wheel); no
 # dataset is needed on workers (the driver ships it through Ray's object store).
 set -euo pipefail
 
 if [[ $# -lt 2 || $1 == -* || $2 == -* ]]; then
-    echo "usage: $0 HEAD_IP[:PORT] NODE_IP [--num-gpus N] [--resources JSON] [extra ray start flags]" >&2
+    echo "usage: $0 HEAD_IP[:PORT] NODE_IP [--num-gpus N] [--resources JSON] [extra ray start flags]   (env: TLS_DIR)" >&2
     exit 2
 fi
 HEAD=$1; NODE_IP=$2; shift 2
 [[ $HEAD == *:* ]] || HEAD=$HEAD:${RAY_PORT:-6379}
 RAY=${RAY:-ray}
 command -v "$RAY" >/dev/null || { echo "$0: no '$RAY' on PATH (activate the venv, or set RAY=path/to/ray)" >&2; exit 1; }
+
+# TLS (opt-in): TLS_DIR=a folder holding ca.crt, node.crt and node.key, as scripts/make-tls-certs.sh makes
+# one per node. Ray then encrypts and mutually authenticates every gRPC channel (RAY_USE_TLS=1 with
+# RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY, RAY_TLS_CA_CERT: Ray 2.60's names, read by its C++ core and by
+# ray/_private/grpc_utils.py): a process without a certificate from the same CA cannot connect.
+if [[ -n ${TLS_DIR:-} ]]; then
+    [[ -d $TLS_DIR ]] || { echo "$0: TLS_DIR=$TLS_DIR is not a folder" >&2; exit 1; }
+    TLS_DIR=$(cd "$TLS_DIR" && pwd)  # absolute: Ray's processes do not share our working directory
+    for f in ca.crt node.crt node.key; do
+        [[ -s $TLS_DIR/$f ]] || { echo "$0: no $TLS_DIR/$f (make it with scripts/make-tls-certs.sh)" >&2; exit 1; }
+    done
+    if [[ -n $(find "$TLS_DIR/node.key" -perm /077) ]]; then
+        echo "$0: $TLS_DIR/node.key is open to group or others: chmod 600 it" >&2
+        exit 1
+    fi
+    export RAY_USE_TLS=1 RAY_TLS_SERVER_CERT=$TLS_DIR/node.crt RAY_TLS_SERVER_KEY=$TLS_DIR/node.key \
+        RAY_TLS_CA_CERT=$TLS_DIR/ca.crt
+elif [[ ${RAY_USE_TLS:-0} == 1 || ${RAY_USE_TLS:-0} == true ]]; then  # set by hand, Ray's way: check it
+    for v in RAY_TLS_SERVER_CERT RAY_TLS_SERVER_KEY RAY_TLS_CA_CERT; do
+        [[ -n ${!v:-} && -s ${!v} ]] || { echo "$0: RAY_USE_TLS=$RAY_USE_TLS but $v is unset or not a file" >&2; exit 1; }
+    done
+fi
+tls_on=0
+if [[ ${RAY_USE_TLS:-0} == 1 || ${RAY_USE_TLS:-0} == true ]]; then tls_on=1; fi
 
 export RAY_AUTH_MODE=token
 if [[ -n ${RAY_AUTH_TOKEN:-} ]]; then
@@ -32,5 +59,33 @@ elif [[ ! -s ~/.ray/auth_token ]]; then
     exit 1
 fi
 
-"$RAY" start --address="$HEAD" --node-ip-address="$NODE_IP" "$@"
-echo "joined $HEAD as $NODE_IP; check with: RAY_AUTH_MODE=token $RAY status --address=$HEAD; stop with: $RAY stop"
+# One timing slot per node: lstm-bench's exclusive placement (the default for train, infer and profile trials)
+# lets a node time one trial at a time by having each take the node's one "timing_slot" resource
+# (harness/nodes.py). Added to the --resources given here, unless they name it (TIMING_SLOT=0: none).
+with_timing_slot() {  # a --resources JSON object -> the same with "timing_slot": $TIMING_SLOT
+    if [[ $1 == *'"timing_slot"'* ]]; then
+        printf '%s' "$1"
+    elif [[ $1 =~ ^[[:space:]]*\{[[:space:]]*\}[[:space:]]*$ ]]; then
+        printf '{"timing_slot": %s}' "$TIMING_SLOT"
+    else
+        printf '%s' "${1/\{/\{\"timing_slot\": $TIMING_SLOT, }"
+    fi
+}
+TIMING_SLOT=${TIMING_SLOT:-1}
+[[ $TIMING_SLOT =~ ^[0-9]+$ ]] || { echo "$0: TIMING_SLOT must be a whole number" >&2; exit 2; }
+args=("$@")
+if ((TIMING_SLOT > 0)); then
+    named=0
+    for i in "${!args[@]}"; do
+        case ${args[$i]} in
+            --resources=*) args[$i]=--resources=$(with_timing_slot "${args[$i]#--resources=}"); named=1 ;;
+            --resources) if ((i + 1 < ${#args[@]})); then args[$((i + 1))]=$(with_timing_slot "${args[$((i + 1))]}"); named=1; fi ;;
+        esac
+    done
+    ((named)) || args+=("--resources={\"timing_slot\": $TIMING_SLOT}")
+fi
+
+"$RAY" start --address="$HEAD" --node-ip-address="$NODE_IP" "${args[@]}"
+tls_note=""
+if ((tls_on)); then tls_note=" with TLS"; fi
+echo "joined $HEAD as $NODE_IP$tls_note; check with: RAY_AUTH_MODE=token $RAY status --address=$HEAD; stop with: $RAY stop"
