@@ -104,6 +104,17 @@ def write_suite(tmp_path: Path) -> Path:
     return path
 
 
+def sweep_executions(records: list[dict]) -> tuple[dict, Counter, Counter]:
+    """(latest record per trial, ok executions per trial, executions per host). An execution is one run of a
+    trial (trial_id, started_at, worker, node); the driver may append a record of the same execution again
+    (re-recorded noisy when a node's end-of-run ceiling probe drifted), which is not a second run."""
+    latest = {r["trial_id"]: r for r in records}
+    runs = {(r["trial_id"], r.get("started_at"), r.get("worker_pid"), r.get("node_ip")): r for r in records}
+    ok = Counter(k[0] for k, r in runs.items() if r["status"] == "ok")
+    hosts = Counter(k[3] for k in runs)
+    return latest, ok, hosts
+
+
 @pytest.mark.timeout(420)
 def test_sweep_over_two_network_namespaces_runs_on_both_hosts_and_cleans_up(tmp_path):
     reason = _skip_reason()
@@ -165,13 +176,12 @@ def test_sweep_over_two_network_namespaces_runs_on_both_hosts_and_cleans_up(tmp_
     run_dirs = list(out.glob("netns-two-host/*/trials.jsonl"))
     assert len(run_dirs) == 1, run_dirs
     records = [json.loads(line) for line in run_dirs[0].read_text().splitlines() if line.strip()]
-    status = Counter(r["status"] for r in records)
-    ok = Counter(r["trial_id"] for r in records if r["status"] == "ok")
-    hosts = Counter(r.get("node_ip") for r in records)
-    print(f"netns sweep: {len(planned)} planned, {status['ok']} ok, {len(records) - status['ok']} failed; "
-          f"per host: {dict(hosts)}; {elapsed:.0f}s up+run+down")
-    assert set(ok) == planned and all(n == 1 for n in ok.values()), f"ok per trial: {dict(ok)}"
-    assert len(records) == len(planned), f"extra records: {status}"
+    latest, ok, hosts = sweep_executions(records)
+    status = Counter(r["status"] for r in latest.values())
+    print(f"netns sweep: {len(planned)} planned, {status['ok']} ok, {len(latest) - status['ok']} failed "
+          f"({len(records)} records); executions per host: {dict(hosts)}; {elapsed:.0f}s up+run+down")
+    assert set(ok) == planned and all(n == 1 for n in ok.values()), f"ok executions per trial: {dict(ok)}"
+    assert set(latest) == planned and status["ok"] == len(planned), f"latest status per trial: {status}"
     assert set(hosts) == {HEAD_IP, WORKER_IP}, f"trials did not run on both hosts: {dict(hosts)}"
     meta = json.loads((run_dirs[0].parent / "run.json").read_text())
     assert meta["status"] == "finished" and meta["ok"] == len(planned)
@@ -279,14 +289,13 @@ def test_tls_two_hosts_refuse_drivers_without_the_ca_and_run_the_smoke_suite(tmp
     run_dirs = list(out.glob("smoke/*/trials.jsonl"))
     assert len(run_dirs) == 1, run_dirs
     records = [json.loads(line) for line in run_dirs[0].read_text().splitlines() if line.strip()]
-    status = Counter(r["status"] for r in records)
-    ok = Counter(r["trial_id"] for r in records if r["status"] == "ok")
-    hosts = Counter(r.get("node_ip") for r in records)
+    latest, ok, hosts = sweep_executions(records)
+    status = Counter(r["status"] for r in latest.values())
     meta = json.loads((run_dirs[0].parent / "run.json").read_text())
-    print(f"TLS netns smoke: {len(planned)} planned, {status['ok']} ok, {len(records) - status['ok']} not ok; "
-          f"per host: {dict(hosts)}; {elapsed:.0f}s up+run+down")
-    assert set(ok) == planned and all(n == 1 for n in ok.values()), f"ok per trial: {dict(ok)}"
-    assert len(records) == len(ok), f"extra records: {status}"
+    print(f"TLS netns smoke: {len(planned)} planned, {status['ok']} ok, {len(latest) - status['ok']} not ok "
+          f"({len(records)} records); executions per host: {dict(hosts)}; {elapsed:.0f}s up+run+down")
+    assert set(ok) == planned and all(n == 1 for n in ok.values()), f"ok executions per trial: {dict(ok)}"
+    assert set(latest) == planned and status["ok"] == len(planned), f"latest status per trial: {status}"
     assert set(hosts) == {HEAD_IP, WORKER_IP}, f"trials did not run on both hosts: {dict(hosts)}"
     assert meta["status"] == "finished"
     assert sorted(n["node_ip"] for n in meta["nodes"]) == [HEAD_IP, WORKER_IP]
