@@ -24,7 +24,6 @@ flagged.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from dataclasses import dataclass

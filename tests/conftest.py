@@ -37,15 +37,26 @@ def tiny_cifar(tmp_path_factory) -> Path:
     return root
 
 
+def sweep_executions(records: list[dict]):
+    """(latest record per trial, ok executions per trial, executions per host). An execution is one run of a
+    trial (trial_id, started_at, worker, node); the driver may append a record of the same execution again
+    (re-recorded noisy when a node's end-of-run ceiling probe drifted), which is not a second run."""
+    from collections import Counter
+    latest = {r["trial_id"]: r for r in records}
+    runs = {(r["trial_id"], r.get("started_at"), r.get("worker_pid"), r.get("node_ip")): r for r in records}
+    ok = Counter(k[0] for k, r in runs.items() if r["status"] == "ok")
+    hosts = Counter(k[3] for k in runs)
+    return latest, ok, hosts
+
+
 def sweep_counts(run_dir: Path, planned: int) -> dict:
     """planned / ok / failed / lost / duplicates / torn of a run directory, printed for the test log.
     ok: trials with an ok record; failed: trials whose latest record is not ok; lost: planned trials with no
-    record at all; duplicates: extra ok records of one trial; torn: unreadable lines in trials.jsonl."""
-    from collections import Counter
+    record at all; duplicates: extra ok executions of one trial (not re-recordings of one execution); torn:
+    unreadable lines in trials.jsonl."""
     from harness.store import read_jsonl
     records, torn = read_jsonl(run_dir / "trials.jsonl")
-    ok = Counter(r["trial_id"] for r in records if r["status"] == "ok")
-    latest = {r["trial_id"]: r for r in records}
+    latest, ok, _ = sweep_executions(records)
     c = {"planned": planned, "ok": len(ok), "failed": sum(r["status"] != "ok" for r in latest.values()),
          "lost": planned - len(latest), "duplicates": sum(n - 1 for n in ok.values()), "torn": torn}
     print(f"\n{run_dir.name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))

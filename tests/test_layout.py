@@ -33,7 +33,8 @@ def import_graph() -> dict[str, set[str]]:
                 for _ in range(node.level - 1):
                     base = base.rpartition(".")[0]
                 stem = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
-                targets = [stem] + [f"{stem}.{a.name}" for a in node.names]
+                # `from . import gap` imports the submodule gap; `from .x import name` imports the module x
+                targets = [f"{stem}.{a.name}" if f"{stem}.{a.name}" in modules else stem for a in node.names]
             else:
                 continue
             for t in targets:

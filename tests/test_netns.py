@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import sweep_executions
 import yaml
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -102,17 +103,6 @@ def write_suite(tmp_path: Path) -> Path:
     path = tmp_path / "netns-two-host.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
-
-
-def sweep_executions(records: list[dict]) -> tuple[dict, Counter, Counter]:
-    """(latest record per trial, ok executions per trial, executions per host). An execution is one run of a
-    trial (trial_id, started_at, worker, node); the driver may append a record of the same execution again
-    (re-recorded noisy when a node's end-of-run ceiling probe drifted), which is not a second run."""
-    latest = {r["trial_id"]: r for r in records}
-    runs = {(r["trial_id"], r.get("started_at"), r.get("worker_pid"), r.get("node_ip")): r for r in records}
-    ok = Counter(k[0] for k, r in runs.items() if r["status"] == "ok")
-    hosts = Counter(k[3] for k in runs)
-    return latest, ok, hosts
 
 
 @pytest.mark.timeout(420)
