@@ -101,6 +101,9 @@ model_rel_iqr      | float |        | {:.3f}  | relative IQR of the model-only b
 model_noise_reasons | str  |        |         | noise reasons of the model-only pass (the headline noisy flag is the end-to-end pass's)
 data_ms_per_step   | float | ms     | {:.3f}  | producing one batch alone: gather, normalize, augment on the device, synced
 peak_mem_mb        | float | MiB    | {:,.1f} | peak memory above the resident dataset: CUDA max allocated, or CPU peak RSS growth
+compile_s          | float | s      | {:.1f}  | impl compiled: what the compiling warm-up steps took beyond a plain step (torch.compile), before the timed window
+recompiles         | int   |        |         | impl compiled: compiles inside the timed window (a failed guard); any flags the trial noisy
+capture_s          | float | s      | {:.3f}  | impl graphed: wall time of capturing the whole step in a CUDA graph, before the timed window
 backend            | str   |        |         | the recurrent kernel that ran: cudnn, onednn-rnn, python-loop:...
 tf32_cudnn         | bool  |        |         | cuDNN was allowed TF32 tensor cores (set by the trial from dtype)
 tf32_matmul        | bool  |        |         | matmul (cuBLAS) was allowed TF32 tensor cores

@@ -21,7 +21,8 @@ from typing import Any, Callable
 from .errors import SpecError
 
 SEQS = ("row", "column", "pixel", "patch", "cnn")
-IMPLS = ("cudnn", "naive", "lstmcell")
+IMPLS = ("cudnn", "naive", "lstmcell", "compiled", "graphed")  # see Variant.impl's help
+GRAPHED_MODES = ("train", "infer")  # impl graphed runs on CUDA, in these modes only
 DTYPES = ("float32", "tf32", "bfloat16")  # strict fp32, TF32 tensor cores (CUDA only), bf16 autocast
 PATCH_SIZES = (2, 4, 8)
 LIMITS = {"hidden_size": 65536, "num_layers": 64, "batch_size": 1 << 20}  # sanity bounds, not targets
@@ -193,7 +194,9 @@ class Variant:
     hidden_size: int = _field(128, "hidden units per layer and direction", "units")
     num_layers: int = _field(2, "stacked LSTM layers", "layers")
     impl: str = _field("cudnn", "code that runs the recurrence: nn.LSTM (cuDNN/ATen), a Python loop of the gate "
-                                "equations, or a Python loop of nn.LSTMCell", "name")
+                                "equations, a Python loop of nn.LSTMCell, the gate loop with its step through "
+                                "torch.compile (compiled), or the gate loop's whole step in a CUDA graph (graphed)",
+                       "name")
     batch_size: int = _field(256, "images per step", "images")
     dtype: str = _field("float32", "compute dtype (bfloat16 = autocast, weights stay float32)", "name")
     bidirectional: bool = _field(False, "run every layer in both directions", "flag")
@@ -294,6 +297,10 @@ class TrialSpec:
         if self.variant.dtype == "tf32" and not self.device.startswith("cuda"):
             raise SpecError(f"dtype tf32 needs a CUDA device, not {self.device} (TF32 is a tensor-core mode; "
                             f"exclude the pair dtype tf32 x device cpu)")
+        if self.variant.impl == "graphed" and (not self.device.startswith("cuda") or self.mode not in GRAPHED_MODES):
+            pair = ("device", "cpu") if not self.device.startswith("cuda") else ("mode", self.mode)
+            raise SpecError(f"impl graphed captures a CUDA graph: it needs a CUDA device and mode train or infer, "
+                            f"not {pair[0]} {pair[1]} (in a suite, exclude {{impl: graphed, {pair[0]}: {pair[1]}}})")
         if self.max_budget_s is not None and self.max_budget_s < self.budget_s:
             raise SpecError(f"max_budget_s {self.max_budget_s:g} is below the time budget {self.budget_s:g}")
 

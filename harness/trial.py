@@ -16,6 +16,7 @@ import torch
 from . import env as envmod
 from .data import DeviceData, synthetic_arrays
 from .errors import HarnessError
+from .graphed import prepare
 from .measure import Measurement, measure
 from .schema import TrialResult
 from .spec import TrialSpec
@@ -118,6 +119,8 @@ def run_throughput(spec: TrialSpec, data: DeviceData, device: torch.device, **me
             return train_step_fn(model, opt, source, spec, device)
         return infer_step_fn(model, source, spec, device)
 
+    prep = prepare(spec, model, opt, batches, device, step_over)  # compiled: compile; graphed: capture
+    step_over = prep.step_over
     timing = dict(batch_size=v.batch_size, device=device, threads=torch.get_num_threads(), **measure_opts)
     m = measure(step_over(batches), budget_s=spec.budget_s, max_budget_s=spec.max_budget, **timing)
     fields = measured_fields(m, spec)
@@ -130,7 +133,8 @@ def run_throughput(spec: TrialSpec, data: DeviceData, device: torch.device, **me
     fields.update(model_img_per_s=model_m.img_per_s, model_rel_iqr=model_m.rel_iqr,
                   model_noise_reasons="; ".join(model_m.noise_reasons),
                   data_ms_per_step=data_ms_per_step(batches, device))
-    fields["backend"] = detect_backend(model, next(batches)[0], spec, device)
+    prep.fields(fields, m, model_m)  # compile_s, capture_s, recompiles (in a timed window: noisy)
+    fields["backend"] = prep.backend or detect_backend(model, next(batches)[0], spec, device)
     return fields
 
 

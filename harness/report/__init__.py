@@ -13,6 +13,7 @@ The package, each module importing only those before it:
     tables  the table functions below
     plots   the four plots (matplotlib Figure, Agg; no pyplot)
     render  fmt_cell, the display frame, markdown_table / html_table (pandas), Doc and its block kinds
+    gap     closing the gap to cuDNN: gap_table, gap_impls_table, gpu_busy_frac (from traces), its plot and section
     build   compute_tables, build_report and the document, one function per section
 
 Every table function is a pure function of a DataFrame of trial records (as `results.load_run` returns, or
@@ -44,6 +45,7 @@ Nothing here imports torch.
 
 from .build import PLOTS, SECTIONS, TABLE_NAMES, build_report, compute_tables, document
 from .frame import FIELDS, INT_KEYS, NUMERIC, RunSet, load_runs, prepare, seq_label
+from .gap import gap_impls_table, gap_table, gpu_busy_frac, plot_gap_closed
 from .plots import plot_accuracy_curves, plot_kernel_breakdown, plot_speedup_heatmap, plot_throughput
 from .render import BLOCKS, Doc, display_frame, fmt_cell, html_table, markdown_table
 from .tables import (CATEGORIES, FALLBACK_KEYS, JOIN_KEYS, KERNEL_KEYS, PIVOT_GROUP, PIVOT_INDEX, accuracy_table,
@@ -58,5 +60,6 @@ __all__ = [
     "environment_table", "environment_by_field", "problems_table", "compare_table", "verdict",
     "unmatched_baseline", "PIVOT_GROUP", "PIVOT_INDEX", "JOIN_KEYS", "FALLBACK_KEYS", "KERNEL_KEYS", "CATEGORIES",
     "plot_throughput", "plot_speedup_heatmap", "plot_accuracy_curves", "plot_kernel_breakdown",
+    "gap_table", "gap_impls_table", "gpu_busy_frac", "plot_gap_closed",
     "fmt_cell", "display_frame", "markdown_table", "html_table", "Doc", "BLOCKS",
 ]

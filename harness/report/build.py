@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import HarnessError
+from . import gap
 from .frame import RunSet, _missing, load_runs, prepare
 from .plots import plot_accuracy_curves, plot_kernel_breakdown, plot_speedup_heatmap, plot_throughput
 from .render import Doc, fmt_cell
@@ -18,13 +19,14 @@ from .tables import (PIVOT_GROUP, accuracy_table, compare_table, environment_by_
                      throughput_table, unmatched_baseline)
 
 TABLE_NAMES = ("environment", "problems", "throughput", "speedup", "layer_scaling", "gflops", "accuracy",
-               "kernels", "compare")
+               "kernels", "gap", "gap_impls", "compare")
 # plot name: (function, its input: a table name or None for the records, caption)
 PLOTS = {
     "throughput_vs_hidden": (plot_throughput, "throughput", "img/s vs hidden size per impl (log y)"),
     "speedup_cudnn_over_naive": (plot_speedup_heatmap, "speedup", "cudnn/naive over seq x hidden size"),
     "accuracy_curves": (plot_accuracy_curves, None, "test accuracy per epoch and over time"),
     "kernel_time_by_category": (plot_kernel_breakdown, "kernels", "kernel time by category per impl"),
+    "gap_closed": (gap.plot_gap_closed, "gap", "share of the naive-to-cudnn gap each impl closes"),
 }
 
 
@@ -39,6 +41,8 @@ def compute_tables(runs: RunSet, baseline: RunSet | None = None) -> dict[str, pd
         "gflops": gflops_table(df),
         "accuracy": accuracy_table(df),
         "kernels": kernel_table(df, runs.kernels),
+        "gap": gap.gap_table(df),
+        "gap_impls": gap.gap_impls_table(df, gap.busy_fracs(df, runs.metas)),
     }
     if baseline is not None:
         tables["compare"] = compare_table(df, baseline.records)
@@ -229,8 +233,8 @@ def _footer(doc: Doc, r: Report):
     doc.p("Every table is also in tables/<name>.csv: " + ", ".join(f"{n}.csv" for n in r.tables) + ".")
 
 
-SECTIONS = (_header, _environment, _compare, _problems, _throughput, _speedup, _layer_scaling, _gflops,
-            _accuracy, _kernels, _footer)
+SECTIONS = (_header, _environment, _compare, _problems, _throughput, _speedup, gap.section, _layer_scaling,
+            _gflops, _accuracy, _kernels, _footer)
 
 
 def document(report: Report) -> Doc:
