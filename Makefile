@@ -27,3 +27,12 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The CI gate of scripts/ci/benchmark-gate.yml, here on the CPU: the smoke suite against the committed baseline run.
+.PHONY: bench-gate
+GATE_OUT ?= results/dev-gate
+bench-gate: $(STAMP)
+	rm -rf $(GATE_OUT)
+	$(BIN)/lstm-bench run suites/smoke.yaml --out $(GATE_OUT) --quiet --no-progress
+	$(BIN)/lstm-bench compare "$$(ls -d results/baselines/smoke-cpu/*/ | tail -n 1)" \
+		"$$(ls -d $(GATE_OUT)/smoke/*/ | tail -n 1)" --fail-on regression --out $(GATE_OUT)/compare

@@ -292,6 +292,20 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from .report.build import compare_command
+    return compare_command(a.baseline, a.current, threshold=a.threshold, alpha=a.alpha, fail_on=a.fail_on,
+                           cross_hardware=a.cross_hardware, out=a.out, command=" ".join(["lstm-bench", *a._argv]))
+
+
+def cmd_history(a) -> int:
+    from pathlib import Path
+    from .report.build import build_history
+    out = Path(a.out) if a.out else Path(a.results_dir) / "history"
+    print(f"history: {build_history(a.results_dir, out, a.suite, ' '.join(['lstm-bench', *a._argv]))}")
+    return 0
+
+
 def cmd_results(a) -> int:
     from .store import read_records
     df = read_records(a.run_dir)
@@ -357,6 +371,22 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--compare", metavar="BASELINE_RUN_DIR", default=None)
     rep.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report for one run)")
     rep.set_defaults(func=cmd_report)
+
+    cmp = sub.add_parser("compare", help="gate a change: per-cell verdicts of CURRENT_RUN against BASELINE_RUN")
+    cmp.add_argument("baseline", metavar="BASELINE_RUN")
+    cmp.add_argument("current", metavar="CURRENT_RUN")
+    cmp.add_argument("--threshold", type=float, default=0.03, help="smallest relative change called (default 0.03)")
+    cmp.add_argument("--alpha", type=float, default=0.05, help="false-discovery rate over cells (default 0.05)")
+    cmp.add_argument("--fail-on", choices=["regression", "any"], default=None, help="exit 1 on these verdicts")
+    cmp.add_argument("--cross-hardware", action="store_true", help="pair cells across hardware fingerprints")
+    cmp.add_argument("--out", default=None, metavar="DIR", help="write compare.md, compare.html, compare.csv")
+    cmp.set_defaults(func=cmd_compare)
+
+    hist = sub.add_parser("history", help="img/s of each spec over every run under a results folder")
+    hist.add_argument("results_dir", metavar="RESULTS_DIR")
+    hist.add_argument("--suite", default=None)
+    hist.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RESULTS_DIR/history)")
+    hist.set_defaults(func=cmd_history)
 
     res = sub.add_parser("results", help="print a run's results as a table")
     res.add_argument("run_dir")

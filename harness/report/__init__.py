@@ -36,14 +36,20 @@ several runs concatenated), so it can be called and checked on its own. What the
                      (and tables/environment.csv holds) it transposed by environment_by_field: a row per
                      field, a column per run, values as text.
   problems_table     failed, infeasible and noisy trials with their error or noise reasons.
-  compare_table      current vs a baseline run per trial spec, with a verdict (see `verdict`).
+  compare_table      current vs a baseline run per trial spec, with a verdict (see `verdict`): the earlier
+                     half-IQR overlap rule. The report and `lstm-bench compare` use compare.compare_runs
+                     (bootstrap intervals, Benjamini-Hochberg, the comparability rule); history.py reads every
+                     run under a results folder (`lstm-bench history`).
 
 Device labels name the hardware, so runs from different machines are never pooled: "cuda (NVIDIA H100 80GB
 HBM3)", "cpu (AMD EPYC, 2 threads)" (on CPU the torch thread count is part of the device).
 Nothing here imports torch.
 """
 
-from .build import PLOTS, SECTIONS, TABLE_NAMES, build_report, compute_tables, document
+from .build import (PLOTS, SECTIONS, TABLE_NAMES, build_history, build_report, compare_command, compute_tables,
+                    document)
+from .compare import Comparison, compare_runs
+from .history import History, change_points, load_history, series_table
 from .frame import FIELDS, INT_KEYS, NUMERIC, RunSet, load_runs, prepare, seq_label
 from .gap import gap_impls_table, gap_table, gpu_busy_frac, plot_gap_closed
 from .plots import plot_accuracy_curves, plot_kernel_breakdown, plot_speedup_heatmap, plot_throughput
@@ -62,4 +68,6 @@ __all__ = [
     "plot_throughput", "plot_speedup_heatmap", "plot_accuracy_curves", "plot_kernel_breakdown",
     "gap_table", "gap_impls_table", "gpu_busy_frac", "plot_gap_closed",
     "fmt_cell", "display_frame", "markdown_table", "html_table", "Doc", "BLOCKS",
+    "compare_runs", "Comparison", "compare_command", "load_history", "History", "change_points", "series_table",
+    "build_history",
 ]

@@ -1,9 +1,12 @@
 """The report itself: compute every table, write the CSVs and plots, assemble the document section by section
-and render it to report.md and report.html."""
+and render it to report.md and report.html. Also the documents of `lstm-bench compare` (compare.md/.html/.csv,
+the same table as the report's compare section) and `lstm-bench history` (a page per suite)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +15,12 @@ import pandas as pd
 from ..errors import HarnessError
 from . import gap
 from .frame import RunSet, _missing, load_runs, prepare
+from .compare import ALPHA, THRESHOLD, Comparison, compare_runs, exit_lines
+from .history import ALPHA as H_ALPHA, MIN_SHIFT, file_stem, load_history, plot_history, series_table
 from .plots import plot_accuracy_curves, plot_kernel_breakdown, plot_speedup_heatmap, plot_throughput
-from .render import Doc, fmt_cell
-from .tables import (PIVOT_GROUP, accuracy_table, compare_table, environment_by_field, environment_table,
-                     gflops_table, group_title, kernel_table, layer_scaling_table, problems_table, speedup_table,
-                     throughput_table, unmatched_baseline)
+from .render import Doc, fmt_cell, markdown_table
+from .tables import (PIVOT_GROUP, accuracy_table, environment_by_field, environment_table, gflops_table,
+                     group_title, kernel_table, layer_scaling_table, problems_table, speedup_table, throughput_table)
 
 TABLE_NAMES = ("environment", "problems", "throughput", "speedup", "layer_scaling", "gflops", "accuracy",
                "kernels", "gap", "gap_impls", "compare")
@@ -30,7 +34,8 @@ PLOTS = {
 }
 
 
-def compute_tables(runs: RunSet, baseline: RunSet | None = None) -> dict[str, pd.DataFrame]:
+def compute_tables(runs: RunSet, baseline: RunSet | None = None,
+                   comparison: Comparison | None = None) -> dict[str, pd.DataFrame]:
     df = prepare(runs.records)
     tables = {
         "environment": environment_by_field(environment_table(df, runs.metas)),
@@ -45,7 +50,7 @@ def compute_tables(runs: RunSet, baseline: RunSet | None = None) -> dict[str, pd
         "gap_impls": gap.gap_impls_table(df, gap.busy_fracs(df, runs.metas)),
     }
     if baseline is not None:
-        tables["compare"] = compare_table(df, baseline.records)
+        tables["compare"] = (comparison or compare_runs(df, baseline.records)).table
     return tables
 
 
@@ -58,7 +63,8 @@ def build_report(run_dirs, out_dir, compare=None, command: str | None = None) ->
     out_dir = Path(out_dir)
     runs = load_runs(run_dirs)
     baseline = load_runs([Path(compare)]) if compare is not None else None
-    tables = compute_tables(runs, baseline)
+    comparison = compare_runs(runs.records, baseline.records) if baseline is not None else None
+    tables = compute_tables(runs, baseline, comparison)
     try:
         (out_dir / "tables").mkdir(parents=True, exist_ok=True)
         (out_dir / "plots").mkdir(parents=True, exist_ok=True)
@@ -67,7 +73,7 @@ def build_report(run_dirs, out_dir, compare=None, command: str | None = None) ->
     _write_tables(out_dir / "tables", tables)
     report = Report(runs=runs, baseline=baseline, compare=compare, command=command, tables=tables,
                     plots=_write_plots(out_dir / "plots", runs, tables),
-                    per_run=environment_table(runs.records, runs.metas))
+                    per_run=environment_table(runs.records, runs.metas), comparison=comparison)
     doc = document(report)
     md_path = out_dir / "report.md"
     md_path.write_text(doc.markdown(), encoding="utf-8")
@@ -109,6 +115,7 @@ class Report:
     tables: dict
     plots: dict
     per_run: pd.DataFrame
+    comparison: Comparison | None = None
 
 
 def _plot(doc: Doc, r: Report, name: str):
@@ -160,22 +167,9 @@ def _environment(doc: Doc, r: Report):
 
 
 def _compare(doc: Doc, r: Report):
-    if "compare" not in r.tables:
-        return
-    cmp = r.tables["compare"]
-    doc.h(2, f"Compare with baseline {', '.join(r.baseline.metas)}")
-    counts = cmp["verdict"].value_counts()
-    doc.p("ratio = img/s current / baseline. A regression or improvement is called only when the intervals "
-          "[median - IQR/2, median + IQR/2] of the two trials do not overlap; otherwise within noise. "
-          "Verdicts: " + (", ".join(f"{n} {v}" for v, n in counts.items()) or "none") + ".")
-    unmatched = unmatched_baseline(r.runs.records, r.baseline.records, cmp)
-    if len(unmatched):
-        doc.p(f"{len(unmatched)} baseline train/infer trial(s) have no counterpart in the current run(s).")
-    no_base = cmp["verdict"] == "no baseline"
-    if no_base.any():
-        doc.p(f"{int(no_base.sum())} current train/infer trial(s) have no baseline: left out below, listed in "
-              f"tables/compare.csv.")
-    doc.table(cmp[~no_base].reset_index(drop=True))
+    if r.comparison is not None:
+        doc.h(2, f"Compare with baseline {', '.join(r.baseline.metas)}")
+        compare_blocks(doc, r.comparison)
 
 
 def _problems(doc: Doc, r: Report):
@@ -242,3 +236,127 @@ def document(report: Report) -> Doc:
     for section in SECTIONS:
         section(doc, report)
     return doc
+
+
+# ---- lstm-bench compare -----------------------------------------------------------------------------------
+
+SHOWN = ["mode", "device", "variant", "baseline_img_per_s", "img_per_s", "ratio", "interval", "p_value", "samples",
+         "verdict", "note"]
+
+
+def _shown(t: pd.DataFrame) -> pd.DataFrame:
+    """The compare table as shown: cells with a baseline, the interval as one "[lo, hi]" column, SHOWN columns."""
+    t = t[t["verdict"] != "no baseline"]
+    interval = ["" if _missing(lo) else f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(t["ci_low"], t["ci_high"])]
+    return t.assign(interval=interval)[SHOWN].reset_index(drop=True)
+
+
+def compare_blocks(doc: Doc, c: Comparison):
+    """The compare table with its method, counts and code versions: the report's section and compare.md."""
+    t = c.table
+    doc.p(f"ratio = median img/s per sample (step, or block in older records), current / baseline, with a "
+          f"{c.level:.2%} percentile interval from a circular block bootstrap ({c.resamples} resamples): "
+          f"Benjamini-Hochberg at alpha {c.alpha:g} over the {c.tested} tested cells selected {c.selected}, and "
+          f"intervals are printed at the level that goes with it. regression: upper bound < {1 - c.threshold:g}; "
+          f"improvement: lower bound > {1 + c.threshold:g}; else within noise (threshold {c.threshold:g}). Ok "
+          f"in the baseline and failed now is a regression; a noisy trial gets no verdict. Cells pair on "
+          f"trial_id, threads, TF32 flags" + (" (across hardware)." if c.cross_hardware else
+                                             " and hw_fingerprint."))
+    counts = ", ".join(f"{n} {v}" for v, n in c.counts().items()) or "none"
+    doc.p(f"Verdicts: {counts}. Code: baseline {', '.join(c.code_versions.get('baseline', [])) or '?'}; "
+          f"current {', '.join(c.code_versions.get('current', [])) or '?'}.")
+    if c.refused:
+        doc.p(f"Refused: {c.refused}.")
+    if c.baseline_only:
+        doc.p(f"{c.baseline_only} baseline train/infer trial(s) have no counterpart in the current run(s).")
+    no_base = t["verdict"] == "no baseline"
+    if no_base.any():
+        doc.p(f"{int(no_base.sum())} current train/infer trial(s) have no baseline: left out below, listed in "
+              f"compare.csv.")
+    doc.table(_shown(t))
+
+
+def _check_unit(name: str, value: float, low_open: bool):
+    ok = math.isfinite(value) and (0 < value < 1 if low_open else 0 <= value < 1)
+    if not ok:
+        raise HarnessError(f"compare: {name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value}")
+
+
+def compare_command(baseline, current, *, threshold: float = THRESHOLD, alpha: float = ALPHA,
+                    fail_on: str | None = None, cross_hardware: bool = False, out=None, command: str = "") -> int:
+    """`lstm-bench compare`: prints the table, writes compare.md/.html/.csv into `out`, returns the exit status
+    (1: a cell --fail-on fails on, each named on stderr); HarnessError (exit 2) for bad input or no comparison."""
+    _check_unit("--threshold", threshold, low_open=False)
+    _check_unit("--alpha", alpha, low_open=True)
+    base, cur = load_runs([Path(baseline)]), load_runs([Path(current)])
+    c = compare_runs(cur.records, base.records, threshold, alpha, cross_hardware)
+    doc = Doc()
+    doc.h(1, f"lstm-bench compare: {', '.join(cur.metas)} against {', '.join(base.metas)}")
+    doc.p(f"Baseline {baseline}, current {current}.")
+    doc.code(command or "(not given)")
+    compare_blocks(doc, c)
+    if out is not None:
+        out = Path(out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "compare.md").write_text(doc.markdown(), encoding="utf-8")
+            (out / "compare.html").write_text(doc.html("lstm-bench compare"), encoding="utf-8")
+            c.table.to_csv(out / "compare.csv", index=False)
+        except OSError as exc:
+            raise HarnessError(f"cannot write the comparison to {out}: {exc.strerror or exc}") from None
+    print(markdown_table(_shown(c.table)))
+    print(f"compare: {', '.join(f'{n} {v}' for v, n in c.counts().items())}"
+          + (f"; written to {out}/compare.md, compare.html, compare.csv" if out is not None else ""))
+    if c.refused:
+        raise HarnessError(c.refused)
+    lines = exit_lines(c, fail_on)
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 1 if lines else 0
+
+
+# ---- lstm-bench history -----------------------------------------------------------------------------------
+
+def build_history(results_dir, out_dir, suite: str | None = None, command: str | None = None) -> Path:
+    """A page per suite (markdown, HTML with the plot embedded, PNG) and index.md/.html linking them, plus
+    history.csv (every run's train/infer trials as one table). Returns index.md's path."""
+    h = load_history(results_dir, suite)
+    out_dir = Path(out_dir)
+    try:
+        (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HarnessError(f"cannot write the history to {out_dir}: {exc.strerror or exc}") from None
+    index = Doc()
+    index.h(1, f"lstm-bench history of {results_dir}")
+    index.code(command or "(not given)")
+    if h.skipped:
+        index.p("Runs that could not be read: " + "; ".join(h.skipped))
+    lines = []
+    for name, runs in h.runs.groupby("suite", sort=True):
+        recs = h.records[h.records["suite"] == name]
+        series = series_table(recs)
+        stem = file_stem(name)
+        note = plot_history(recs, series, runs, out_dir / "plots" / f"{stem}.png")
+        page = Doc()
+        page.h(1, f"History of suite {name}: {len(runs)} runs")
+        page.p(f"img/s of each spec over runs in start order (x: start time and code_version), a line per hardware "
+               f"fingerprint, noisy runs hollow and left out of the change-point search. Change points "
+               f"(dashed red): binary segmentation of log img/s, a split kept when the medians either side differ "
+               f"by >= {MIN_SHIFT:.0%} and a permutation test of the best split's t gives p <= {H_ALPHA:g}.")
+        if note is not None:
+            page.img(out_dir / "plots" / f"{stem}.png", f"plots/{stem}.png",
+                     "img/s over runs" + (f"; {note}" if note else ""))
+        page.table(series.drop(columns="_change_runs"))
+        page.h(2, "Runs")
+        page.table(runs.drop(columns="suite"))
+        (out_dir / f"{stem}.md").write_text(page.markdown(), encoding="utf-8")
+        (out_dir / f"{stem}.html").write_text(page.html(f"history: {name}"), encoding="utf-8")
+        changed = int(series["_change_runs"].map(bool).sum())
+        lines.append(f"{name}: {len(runs)} runs, {len(series)} lines, {changed} with change points: {stem}.md, "
+                     f"{stem}.html")
+    index.items(lines)
+    nested = [c for c in h.records.columns if any(isinstance(v, (list, dict)) for v in h.records[c])]
+    h.records.drop(columns=nested).to_csv(out_dir / "history.csv", index=False)
+    (out_dir / "index.md").write_text(index.markdown(), encoding="utf-8")
+    (out_dir / "index.html").write_text(index.html("lstm-bench history"), encoding="utf-8")
+    return out_dir / "index.md"

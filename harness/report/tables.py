@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..schema import RESULT_FIELDS
+from .compare import FALLBACK_KEYS, compare_table, unmatched_baseline, verdict  # noqa: F401 (re-exported)
 from .frame import MODE_ORDER, TIMING_MODES, _i, _impl_columns, _missing, _obj, _sort, _timing_rows, prepare
 
 CATEGORIES = ("gemm", "cudnn-rnn", "elementwise", "reduction", "memcpy", "other")
@@ -17,9 +18,6 @@ PIVOT_GROUP = ["mode", "seq", "device", "batch_size", "dtype", "bidirectional"]
 PIVOT_INDEX = PIVOT_GROUP + ["num_layers", "hidden_size"]
 # a variant on a piece of hardware, whatever the mode (accuracy rows join throughput rows on these)
 JOIN_KEYS = ["hardware", "seq", "hidden_size", "num_layers", "impl", "batch_size", "dtype", "bidirectional"]
-# compare falls back to these when trial_ids differ
-FALLBACK_KEYS = ["seq", "hidden_size", "num_layers", "impl", "batch_size", "dtype", "bidirectional", "mode",
-                 "device_kind"]
 KERNEL_KEYS = ["device", "seq", "hidden_size", "num_layers", "batch_size", "dtype", "bidirectional", "impl"]
 
 
@@ -254,86 +252,3 @@ def problems_table(df: pd.DataFrame) -> pd.DataFrame:
     out = out.sort_values(["_o", "run_id", "mode", "variant"], key=lambda s: s.map(lambda v: MODE_ORDER.get(v, 99))
                           if s.name == "mode" else s, kind="stable")
     return out.drop(columns="_o").reset_index(drop=True)
-
-
-# ---- compare with a baseline ------------------------------------------------------------------------------
-
-def verdict(current: float, current_iqr: float, baseline: float, baseline_iqr: float) -> str:
-    """'regression' / 'improvement' only when [median - IQR/2, median + IQR/2] of the two runs do not overlap
-    (the difference lies outside both runs' spread); otherwise 'within noise'. A missing IQR counts as 0."""
-    ci = 0.0 if _missing(current_iqr) else float(current_iqr)
-    bi = 0.0 if _missing(baseline_iqr) else float(baseline_iqr)
-    c_lo, c_hi = current - ci / 2, current + ci / 2
-    b_lo, b_hi = baseline - bi / 2, baseline + bi / 2
-    if c_hi < b_lo:
-        return "regression"
-    if c_lo > b_hi:
-        return "improvement"
-    return "within noise"
-
-
-def compare_table(df: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
-    """Each current train/infer trial against the baseline trial of the same spec: matched on trial_id (a
-    stable hash of the spec), else on the variant fields + mode + device kind (FALLBACK_KEYS; among several
-    candidates the one with the same repeat, else none). ratio = img_per_s current / baseline. verdict:
-    see `verdict`; 'no baseline' or 'not compared: ...' where there is nothing to compare."""
-    cur = prepare(df)
-    base = prepare(baseline)
-    cur = cur[cur["mode"].isin(TIMING_MODES)]
-    base = base[base["mode"].isin(TIMING_MODES)]
-    cols = ["run_id", "trial_id", "baseline_trial_id", "matched_by", "mode", "device", "variant", "status",
-            "baseline_status", "img_per_s", "img_per_s_iqr", "baseline_img_per_s", "baseline_img_per_s_iqr",
-            "ratio", "noisy", "verdict"]
-    if cur.empty:
-        return pd.DataFrame(columns=cols)
-    by_id = {t: r for t, r in zip(base["trial_id"], base.to_dict("records"))}
-    pool = base[~base["trial_id"].isin(set(cur["trial_id"]))]
-    by_key: dict[tuple, list[dict]] = {}
-    for r in pool.to_dict("records"):
-        by_key.setdefault(tuple(_key(r[k]) for k in FALLBACK_KEYS), []).append(r)
-    rows = []
-    for c in cur.to_dict("records"):
-        b, how = by_id.get(c["trial_id"]), "trial_id"
-        if b is None:
-            cands = by_key.get(tuple(_key(c[k]) for k in FALLBACK_KEYS), [])
-            same_repeat = [r for r in cands if _key(r["repeat"]) == _key(c["repeat"])]
-            b = cands[0] if len(cands) == 1 else (same_repeat[0] if len(same_repeat) == 1 else None)
-            how = "variant" if b is not None else (f"ambiguous ({len(cands)} candidates)" if cands else np.nan)
-        row = {"run_id": c["run_id"], "trial_id": c["trial_id"], "matched_by": how, "mode": c["mode"],
-               "device": c["device"], "variant": c["variant"], "status": c["status"],
-               "img_per_s": c["img_per_s"], "img_per_s_iqr": c["img_per_s_iqr"], "noisy": bool(c["noisy"])}
-        if b is None:
-            row["verdict"] = "no baseline"
-        else:
-            row.update(baseline_trial_id=b["trial_id"], baseline_status=b["status"],
-                       baseline_img_per_s=b["img_per_s"], baseline_img_per_s_iqr=b["img_per_s_iqr"],
-                       noisy=bool(c["noisy"] or b["noisy"]))
-            if c["status"] != "ok":
-                row["verdict"] = f"not compared: current {c['status']}"
-            elif b["status"] != "ok":
-                row["verdict"] = f"not compared: baseline {b['status']}"
-            elif _missing(c["img_per_s"]) or _missing(b["img_per_s"]) or not b["img_per_s"]:
-                row["verdict"] = "not compared: no img_per_s"
-            else:
-                row["ratio"] = c["img_per_s"] / b["img_per_s"]
-                row["verdict"] = verdict(c["img_per_s"], c["img_per_s_iqr"], b["img_per_s"],
-                                         b["img_per_s_iqr"])
-        rows.append(row)
-    out = pd.DataFrame(rows, columns=cols)
-    order = {"regression": 0, "improvement": 1, "within noise": 2, "no baseline": 9}
-    out = _sort(out, ["mode", "device", "variant", "run_id"])
-    rank = out["verdict"].map(lambda v: order.get(v, 5))
-    return out.iloc[np.argsort(rank.to_numpy(), kind="stable")].reset_index(drop=True)
-
-
-def _key(v):
-    return None if _missing(v) else (int(v) if isinstance(v, (float, np.floating)) and float(v).is_integer() else v)
-
-
-def unmatched_baseline(df: pd.DataFrame, baseline: pd.DataFrame, comparison: pd.DataFrame) -> pd.DataFrame:
-    """Baseline train/infer trials that no current trial was compared with."""
-    base = prepare(baseline)
-    base = base[base["mode"].isin(TIMING_MODES)]
-    used = set(comparison["baseline_trial_id"].dropna()) if "baseline_trial_id" in comparison else set()
-    return base[~base["trial_id"].isin(used)]
-
