@@ -234,7 +234,7 @@ def cmd_validate(a) -> int:
 
 def cmd_run(a) -> int:
     import shlex
-    from .suites import format_plan
+    from .plan import format_plan
     if a.num_cpus is not None and not 1 <= a.num_cpus <= MAX_NUM_CPUS:
         raise HarnessError(f"run: --num-cpus must be in 1..{MAX_NUM_CPUS}, got {a.num_cpus}")
     suite = load_suite_args(a)

@@ -55,6 +55,8 @@ dataset        | str   |      |          | official, unofficial:<sha256 prefix>,
 node_id        | str   |      |          | Ray node the trial ran on
 node_ip        | str   |      |          | that node's address
 worker_pid     | int   |      |          | the Ray worker process
+attempt        | int   |      |          | which attempt of the Ray task this is (a task lost with its node is retried)
+placement      | str   |      |          | exclusive (no other timing trial on the node meanwhile) or shared
 """),
     *_f("environment", """
 hostname            | str   |     | | host name of the node
@@ -89,6 +91,7 @@ gflop_per_s        | float | GFLOP/s | {:,.2f} | lstm_gflop_per_batch achieved p
 noisy              | bool  |        |         | the number should not be trusted (see noise_reasons)
 noise_reasons      | str   |        |         | why noisy: wide spread, too few blocks, other processes using the cores, profiled
 external_cpu_cores | float | cores  |         | CPU other processes kept busy during the timed window
+cgroup_throttled_ms | float | ms    |         | time the container's CPU quota held the trial back in its timed window (null: no quota)
 timed_blocks       | int   |        |         | timed blocks
 timed_steps        | int   |        |         | timed steps (all blocks)
 warmup_steps       | int   |        |         | steps run before timing, excluded from every figure
@@ -105,6 +108,9 @@ compile_s          | float | s      | {:.1f}  | impl compiled: what the compilin
 recompiles         | int   |        |         | impl compiled: compiles inside the timed window (a failed guard); any flags the trial noisy
 capture_s          | float | s      | {:.3f}  | impl graphed: wall time of capturing the whole step in a CUDA graph, before the timed window
 backend            | str   |        |         | the recurrent kernel that ran: cudnn, onednn-rnn, python-loop:...
+ceiling_gflop_per_s | float | GFLOP/s | {:,.1f} | the node's square-GEMM ceiling at the trial's precision (harness/ceiling.py)
+ceiling_frac       | float |        | {:.3f}  | gflop_per_s / ceiling_gflop_per_s: how far the LSTM's GEMMs sit from what the node can do
+co_tenants         | int   |        |         | other trials that ran on the node during this trial's timed window
 tf32_cudnn         | bool  |        |         | cuDNN was allowed TF32 tensor cores (set by the trial from dtype)
 tf32_matmul        | bool  |        |         | matmul (cuBLAS) was allowed TF32 tensor cores
 """),
@@ -121,7 +127,8 @@ epochs_to_target  | dict  |          |        | target accuracy -> epoch that fi
 curve             | list  |          |        | per epoch: steps, train_loss, test_loss, test_acc, elapsed_s, lr
 train_s           | float | s        | {:.1f} | training time (evaluation excluded)
 eval_s            | float | s        | {:.1f} | evaluation time
-train_img_per_s   | float | img/s    | {:,.1f} | training images / train_s
+train_img_per_s   | float | img/s    | {:,.1f} | training images / training time, after the first 10 steps (warm-up)
+eval_peak_mem_mb  | float | MiB      | {:,.1f} | peak memory of evaluation, apart from training's (peak_mem_mb)
 """),
     *_f("profile", """
 launches_per_step      | float |       | {:,.0f} | GPU: kernels, memcpys and memsets per step; CPU: ATen operator calls per step

@@ -54,6 +54,7 @@ def measured_fields(m: Measurement, spec: TrialSpec) -> dict:
         "noisy": m.noisy,
         "noise_reasons": "; ".join(m.noise_reasons),
         "external_cpu_cores": round(m.external_cores, 2),
+        "cgroup_throttled_ms": m.throttled_ms,
         "timed_blocks": len(m.block_times_s),
         "timed_steps": len(m.step_times_s),
         "warmup_steps": m.warmup_steps,
@@ -65,9 +66,11 @@ def measured_fields(m: Measurement, spec: TrialSpec) -> dict:
 
 
 def run_trial(spec: TrialSpec, *, arrays=None, data_root: str | None = None, allow_unofficial: bool = False,
-              download: bool = False, extra: dict | None = None) -> TrialResult:
+              download: bool = False, extra: dict | None = None, ceilings: dict | None = None) -> TrialResult:
     """Run one trial and return its result. Bad input (HarnessError) propagates; anything that goes wrong
-    while running (CUDA out of memory, a NaN loss, ...) becomes a record with status=failed and the error."""
+    while running (CUDA out of memory, a NaN loss, ...) becomes a record with status=failed and the error.
+    `ceilings`: this node's probes from the sweep ({device kind: {precision: {"gflop_per_s", ...}}}); without
+    them a timing trial probes its own machine once per process."""
     from .profile import run_profile
     from .train import run_accuracy
     started = time.time()
@@ -86,8 +89,11 @@ def run_trial(spec: TrialSpec, *, arrays=None, data_root: str | None = None, all
         torch.manual_seed(spec.seed)
         if spec.mode == "profile":
             fields, result.artifacts, result.kernels = run_profile(spec, data, device)
+        elif spec.mode == "accuracy":
+            fields = run_accuracy(spec, data, device)
         else:
-            fields = (run_accuracy if spec.mode == "accuracy" else run_throughput)(spec, data, device)
+            fields = run_throughput(spec, data, device)
+            fields.update(ceiling_fields(spec, device, fields["gflop_per_s"], (ceilings or {}).get(device.type)))
         record.update(fields, status="ok")
     except HarnessError:
         raise
@@ -136,6 +142,19 @@ def run_throughput(spec: TrialSpec, data: DeviceData, device: torch.device, **me
     prep.fields(fields, m, model_m)  # compile_s, capture_s, recompiles (in a timed window: noisy)
     fields["backend"] = prep.backend or detect_backend(model, next(batches)[0], spec, device)
     return fields
+
+
+def ceiling_fields(spec: TrialSpec, device: torch.device, gflop_per_s: float | None,
+                   node_probes: dict | None) -> dict:
+    """The node's GEMM ceiling at the trial's precision (harness/ceiling.py), and the fraction of it the LSTM
+    GEMMs reached. Null where no ceiling is probed for that precision (bfloat16 on CPU)."""
+    from .ceiling import cached_ceiling, ceiling_frac, precisions_for
+    precision = spec.variant.dtype
+    if precision not in precisions_for(device.type):
+        return {"ceiling_gflop_per_s": None, "ceiling_frac": None}
+    entry = (node_probes or {}).get(precision)
+    ceiling = entry["gflop_per_s"] if entry else cached_ceiling(device, precision, torch.get_num_threads()).gflop_per_s
+    return {"ceiling_gflop_per_s": ceiling, "ceiling_frac": ceiling_frac(gflop_per_s, ceiling)}
 
 
 def data_ms_per_step(batches, device: torch.device, steps: int = 30) -> float:
