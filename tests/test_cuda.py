@@ -53,3 +53,29 @@ def test_cuda_out_of_memory_is_a_failed_record_not_a_crash():
                      mode="train", device="cuda", time_budget_s=2)
     r = run_trial(spec).record
     assert r["status"] == "failed" and "memory" in r["error"].lower()
+
+
+@pytest.mark.parametrize("dtype,tf32", [("float32", False), ("tf32", True)])
+def test_the_trial_sets_tf32_itself_from_its_dtype(monkeypatch, dtype, tf32):
+    """PyTorch's defaults let cuDNN use TF32 while matmul may not; a float32 trial turns both off inside the
+    trial (seen from inside its step), a tf32 trial both on, and the record says which ran."""
+    import harness.trial as trialmod
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # PyTorch's defaults
+    seen = []
+    real = trialmod.train_step_fn
+
+    def spying(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def wrapped():
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+            return step()
+        return wrapped
+
+    monkeypatch.setattr(trialmod, "train_step_fn", spying)
+    spec = TrialSpec(variant=Variant(seq="row", hidden_size=64, num_layers=1, batch_size=64, dtype=dtype),
+                     mode="train", device="cuda", time_budget_s=1.0)
+    r = run_trial(spec).record
+    assert r["status"] == "ok", r.get("error")
+    assert seen and set(seen) == {(tf32, tf32)}
+    assert (r["tf32_cudnn"], r["tf32_matmul"]) == (tf32, tf32)

@@ -218,3 +218,9 @@ def test_every_trial_flag_is_a_spec_field_with_its_default():
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             assert getattr(args, f.name) == (list(default) if isinstance(default, tuple) else default), f.name
     assert args.data is None
+
+
+def test_tf32_on_cpu_is_one_line_exit_2(capsys):
+    rc = main(["trial", "--dtype", "tf32", "--device", "cpu", "--json"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "tf32 needs a CUDA device" in err, err

@@ -1,0 +1,89 @@
+"""The driver's deadlines and its event loop, without a cluster: a retried task gets a fresh deadline, a
+restarted clock loses none, and a result that arrives by the time a trial is found overdue is kept, not
+cancelled."""
+import sys
+import types
+
+from harness import cluster
+from harness.clock import Deadlines, TrialClock
+from harness.schema import TrialResult
+from harness.spec import TrialSpec, Variant
+
+
+def test_a_retried_task_gets_a_fresh_deadline():
+    d = Deadlines()
+    d.absorb("e1", [(1, "t", 100.0, 10.0, 1, "n1")])
+    assert d.overdue(now=111.0) == {"t": 11.0}
+    d.absorb("e1", [(2, "t", 109.0, 10.0, 2, "n2")])  # lost with its node, started again elsewhere
+    assert d.overdue(now=111.0) == {} and d.overdue(now=119.5) == {"t": 10.5}
+
+
+def test_a_restarted_clock_keeps_every_deadline_the_driver_holds():
+    d = Deadlines()
+    d.absorb("e1", [(1, "a", 100.0, 10.0, 1, "n"), (2, "b", 101.0, 10.0, 1, "n")])
+    assert d.seen == 2
+    d.absorb("e2", [(1, "c", 105.0, 10.0, 1, "n")])  # a new clock numbers its events from 1 again
+    assert d.seen == 1 and set(d.overdue(now=200.0)) == {"a", "b", "c"}
+
+
+def test_clock_counts_attempts_and_co_tenants():
+    c = TrialClock()
+    assert c.start("a", 5.0, "n1") == 1 and c.start("a", 5.0, "n1") == 2
+    c.start("b", 5.0, "n1")
+    c.start("x", 5.0, "n2")  # another node: not a co-tenant
+    epoch, events = c.events_since(1)
+    assert epoch == c.epoch and [e[1] for e in events] == ["a", "b", "x"]
+    assert c.co_tenants("n1", "b", 0.0, 1e12) == 2  # both of a's runs overlapped b's window
+    c.done("a", "n1")
+    c.done("a", "n1")
+    import time
+    assert c.co_tenants("n1", "b", time.time() + 1, time.time() + 2) == 0  # a ended before b's window
+
+
+def run_collect(monkeypatch, finished_by_cancel: bool):
+    """cluster.collect over one pending trial that the clock reports overdue, with a stand-in for Ray whose
+    result is (or is not) there when the driver checks just before cancelling. Returns (cancelled, stored)."""
+    spec = TrialSpec(Variant(hidden_size=8, num_layers=1, batch_size=8), mode="infer")
+    ref, cancelled, stored = object(), [], []
+
+    def wait(refs, num_returns=1, timeout=None):
+        ready = finished_by_cancel and len(refs) == 1 and timeout == 0 and sub.polled
+        return ([ref], []) if ready else ([], list(refs))
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(
+        wait=wait, cancel=lambda r, force=False: cancelled.append(r),
+        get=lambda r, timeout=None: TrialResult(dict(spec.flat(), status="ok")),
+        exceptions=types.SimpleNamespace(OutOfMemoryError=MemoryError)))
+
+    class Sub:
+        pending, queue, deadlines, polled = {ref: spec}, [], Deadlines(), False
+
+        def fill(self):
+            pass
+
+        def overdue(self):
+            self.polled = True
+            return [(ref, spec, 999.0)] if ref in self.pending else []
+
+    class Store:
+        def add(self, result, sync=True):
+            stored.append(result.record)
+            return result.record
+
+        def sync(self):
+            pass
+
+    sub = Sub()
+    bar = types.SimpleNamespace(update=lambda n: None, set_postfix=lambda **k: None)
+    cluster.collect(sub, Store(), bar, {"ok": 0, "failed": 0})
+    return cancelled, stored
+
+
+def test_a_result_that_arrived_by_the_deadline_is_kept(monkeypatch):
+    cancelled, stored = run_collect(monkeypatch, finished_by_cancel=True)
+    assert cancelled == [] and [r["status"] for r in stored] == ["ok"]
+
+
+def test_an_overdue_trial_with_no_result_is_cancelled_and_recorded_timeout(monkeypatch):
+    cancelled, stored = run_collect(monkeypatch, finished_by_cancel=False)
+    assert len(cancelled) == 1 and stored[0]["status"] == "timeout" and "cancelled" in stored[0]["error"]
