@@ -119,17 +119,20 @@ def test_a_suite_names_the_graphed_conflict(tmp_path):
         load_suite(path)
 
 
-def test_compiled_without_a_compiler_is_one_line_exit_2(capsys, monkeypatch):
+def test_compiled_without_a_compiler_is_one_line_exit_2(capsys):
+    # config.patch, not monkeypatch: undoing a monkeypatch on inductor's config module leaves cpp.cxx missing
+    # for every later test in the process
     from torch._inductor import config
-    monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-cxx-for-lstm-bench"))
-    with pytest.raises(DeviceError, match="needs a C\\+\\+ compiler"):
-        require_compiler()
-    rc = main(["trial", "--impl", "compiled", "--hidden-size", "8", "--num-layers", "1", "--batch-size", "16",
-               "--time-budget-s", "1"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and "no-such-cxx-for-lstm-bench" in err, err
-    impls, notes = check_impls(CPU)
-    assert "compiled" not in impls and any(n.startswith("compiled: skipped") for n in notes)
+    with config.patch({"cpp.cxx": (None, "no-such-cxx-for-lstm-bench")}):
+        with pytest.raises(DeviceError, match="needs a C\\+\\+ compiler"):
+            require_compiler()
+        rc = main(["trial", "--impl", "compiled", "--hidden-size", "8", "--num-layers", "1", "--batch-size", "16",
+                   "--time-budget-s", "1"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "no-such-cxx-for-lstm-bench" in err, err
+        impls, notes = check_impls(CPU)
+        assert "compiled" not in impls and any(n.startswith("compiled: skipped") for n in notes)
+    assert config.cpp.cxx != (None, "no-such-cxx-for-lstm-bench")
 
 
 # ---- CUDA only ------------------------------------------------------------------------------------------
