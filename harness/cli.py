@@ -388,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RESULTS_DIR/history)")
     hist.set_defaults(func=cmd_history)
 
+    __import__("harness.cli_ab").cli_ab.add_parsers(sub, add_set_flag)  # ab, calibrate
     res = sub.add_parser("results", help="print a run's results as a table")
     res.add_argument("run_dir")
     res.add_argument("--json", action="store_true")

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import socket
+import sys
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -201,8 +202,8 @@ def node_ip_of_this_worker() -> str:
 def node_ip() -> str:
     """Ray's idea of this node's address inside a Ray worker; otherwise the hostname's (no packets sent)."""
     try:
-        import ray
-        if ray.is_initialized():
+        ray = sys.modules.get("ray")  # not imported here: outside Ray it costs a second of a fresh process
+        if ray is not None and ray.is_initialized():
             return node_ip_of_this_worker()
     except Exception:
         pass
@@ -307,15 +308,33 @@ def hw_fingerprint(parts: Mapping, device_type: str = "cuda") -> str:
     return hashlib.sha256(json.dumps(keep, separators=(",", ":")).encode()).hexdigest()[:12]
 
 
+def torchvision_local_version() -> str | None:
+    """torchvision.__version__ with its local part (0.29.1+cu130: the build matters), read from its version.py
+    without importing it (the metadata drops the local part)."""
+    import importlib.util
+    import re
+    try:
+        spec = importlib.util.find_spec("torchvision")
+        text = (Path(spec.submodule_search_locations[0]) / "version.py").read_text()
+    except (AttributeError, ImportError, OSError, TypeError, IndexError):
+        return None
+    found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    return found.group(1) if found else None
+
+
 @functools.lru_cache(maxsize=1)
 def _static() -> dict:
-    """What the process cannot change: versions, host, CPU, memory, code."""
-    import torchvision
-    try:
-        import ray
-        ray_version = ray.__version__
-    except ImportError:
-        ray_version = None
+    """What the process cannot change: versions, host, CPU, memory, code. Versions come from the installed
+    packages' metadata: importing torchvision and ray only to read __version__ cost a fresh trial process ~1.5 s
+    here, and `lstm-bench ab` starts two per pair."""
+    from importlib import metadata
+
+    def version(package):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+    torchvision_version, ray_version = torchvision_local_version() or version("torchvision"), version("ray")
     logical, physical = os.cpu_count(), cpu_physical_cores()
     return {
         "hostname": socket.gethostname(),
@@ -327,7 +346,7 @@ def _static() -> dict:
         "cuda_version": torch.version.cuda,
         "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "torch_version": str(torch.__version__),  # a str subclass otherwise
-        "torchvision_version": torchvision.__version__,
+        "torchvision_version": torchvision_version,
         "ray_version": ray_version,
         "python_version": platform.python_version(),
         "git_commit": git_commit(),

@@ -13,6 +13,10 @@ Method (after torch.utils.benchmark's blocked_autorange):
      that still misses it is flagged "insufficient samples". Latency p90 needs 20 timed steps, p99 100: below
      that they are null (p99 of five samples is their maximum).
 
+A fixed plan (`fixed_blocks`, the pair plan of `lstm-bench ab`): the warm-up as above with its own cap
+(`warmup_cap_s`), then exactly that many blocks, whatever their spread or the budget: a pair's two sides are
+sampled alike, and the spread is left to show (no stop-when-quiet).
+
 Noise: a measurement is `noisy` when the spread stayed wide, the floor was missed, the warm-up never settled,
 or other processes used CPU time that the trial needed. On the 2-core machines here a second busy process made
 a row/128 training step 30x slower (shared/anchors.md). The 1-minute load average lags and counts this
@@ -187,7 +191,8 @@ def _block(step, n: int, device: torch.device) -> tuple[float, list[float]]:
 def measure(step: Callable[[], object], *, batch_size: int, device: torch.device, threads: int,
             budget_s: float = 30.0, max_budget_s: float | None = None, warmup_min_s: float = 1.0,
             settle: float = 0.02, block_s: float | None = None, min_blocks: int = MIN_BLOCKS,
-            min_steps: int = MIN_STEPS, rel_iqr: float = 0.05) -> Measurement:
+            min_steps: int = MIN_STEPS, rel_iqr: float = 0.05, fixed_blocks: int | None = None,
+            warmup_cap_s: float | None = None) -> Measurement:
     """Time `step` (one batch of `batch_size` images) until stable or out of budget (see the module doc)."""
     max_budget_s = max(budget_s, max_budget_s if max_budget_s is not None else 4 * budget_s)
     block_s = block_s or (0.1 if device.type == "cuda" else 0.25)
@@ -200,7 +205,7 @@ def measure(step: Callable[[], object], *, batch_size: int, device: torch.device
         step()
         sync(device)
         last, warm_steps = time.perf_counter() - s, warm_steps + 1
-    cap, prev_rate, settled = t0 + max_budget_s / 4, None, False
+    cap, prev_rate, settled = t0 + (warmup_cap_s if warmup_cap_s is not None else max_budget_s / 4), None, False
     while time.perf_counter() < cap:
         n = max(1, round(block_s / max(last, 1e-6)))
         took, _ = _block(step, n, device)
@@ -222,6 +227,10 @@ def measure(step: Callable[[], object], *, batch_size: int, device: torch.device
         took, per_step = _block(step, n, device)
         blocks.append(took)
         steps.extend(per_step)
+        if fixed_blocks is not None:
+            if len(blocks) >= fixed_blocks:
+                break
+            continue
         floor_met = len(blocks) >= min_blocks and len(steps) >= min_steps
         if floor_met:
             ips = [batch_size * n / t for t in blocks]

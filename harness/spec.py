@@ -29,6 +29,7 @@ LIMITS = {"hidden_size": 65536, "num_layers": 64, "batch_size": 1 << 20}  # sani
 CNN_CHANNELS = 64  # conv stem: 3 -> 32 -> 64, pool, 64, pool => 64 x 8 x 8; the 8 rows become 8 steps of 512
 MODES = ("train", "infer", "accuracy", "profile")
 DATA = ("cifar10", "synthetic")
+SAMPLE_PLANS = ("standard", "pair")  # measure.py: the full plan, or `ab`'s short fixed one (spends time on pairs)
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
 AUGMENTS = ("none", "flip", "flip-crop")
@@ -162,6 +163,7 @@ RULES: dict[str, Rule] = {
     "time_budget_s": Rule(float, lambda name, v: float(POSITIVE.check(name, v)), optional=True),  # not in trial_id
     "max_budget_s": Rule(float, lambda name, v: float(POSITIVE.check(name, v)), optional=True),   # nor this
     "repeat": _ranged(int, "must be an integer >= 0", lambda v: v >= 0),
+    "sample_plan": choice(*SAMPLE_PLANS),  # not in trial_id: the same trial, timed for a pair
 }
 
 
@@ -287,6 +289,10 @@ class TrialSpec:
                                               f"floor of 50 steps in 5 blocks (unset: {MAX_BUDGET_FACTOR:g}x "
                                               f"the budget); the hang deadline derives from it", "s")
     repeat: int = _field(0, "which repetition of the same trial this is", "index")
+    sample_plan: str = _field("standard", "how a timing trial samples: standard (warm-up, blocks until the budget, "
+                                          "then the model alone and the data alone) or pair (`lstm-bench ab`: a "
+                                          "short warm-up and a fixed count of blocks of the end-to-end step only)",
+                              "name")
     train: TrainConfig = _field(help="the training recipe", unit="TrainConfig", default_factory=TrainConfig)
     suite: str | None = _field(None, "name of the suite the trial belongs to", "name")
 
@@ -321,6 +327,7 @@ class TrialSpec:
         d = dataclasses.asdict(self)
         d.pop("time_budget_s")
         d.pop("max_budget_s")
+        d.pop("sample_plan")
         d.pop("suite")
         d["device"] = "cuda" if self.device.startswith("cuda") else "cpu"
         d["train"]["target_accuracy"] = list(self.train.target_accuracy)
@@ -335,7 +342,7 @@ class TrialSpec:
         """Spec as flat record fields (variant fields, mode, device, ..., training recipe)."""
         d = dataclasses.asdict(self.variant)
         d.update({k: getattr(self, k) for k in ("mode", "device", "data", "seed", "threads", "time_budget_s",
-                                                 "max_budget_s", "repeat", "suite")})
+                                                 "max_budget_s", "repeat", "sample_plan", "suite")})
         d.update(dataclasses.asdict(self.train))
         d["target_accuracy"] = list(self.train.target_accuracy)
         d["trial_id"] = self.trial_id
