@@ -28,11 +28,11 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# The CI gate of scripts/ci/benchmark-gate.yml, here on the CPU: the smoke suite against the committed baseline run.
+# The CI gate of scripts/ci/benchmark-gate.yml, here on the CPU: the working tree (the change) against GATE_BASE,
+# paired in time over suites/gate.yaml's four cells (lstm-bench ab); exit 1 on a regression.
 .PHONY: bench-gate
 GATE_OUT ?= results/dev-gate
+GATE_BASE ?= HEAD~1
 bench-gate: $(STAMP)
-	rm -rf $(GATE_OUT)
-	$(BIN)/lstm-bench run suites/smoke.yaml --out $(GATE_OUT) --quiet --no-progress
-	$(BIN)/lstm-bench compare "$$(ls -d results/baselines/smoke-cpu/*/ | tail -n 1)" \
-		"$$(ls -d $(GATE_OUT)/smoke/*/ | tail -n 1)" --fail-on regression --out $(GATE_OUT)/compare
+	$(BIN)/lstm-bench ab suites/gate.yaml --baseline $(GATE_BASE) --allow-dirty --pass-if-identical \
+		--fail-on regression --out $(GATE_OUT)

@@ -30,6 +30,9 @@ def add_parsers(sub, add_set_flag) -> None:
                     help="exit 1 on a regression (default), or on any change; 'any' also exits 2 on inconclusive")
     ab.add_argument("--allow-dirty", action="store_true",
                     help="let a side be a working tree with uncommitted changes under harness/")
+    ab.add_argument("--pass-if-identical", action="store_true",
+                    help="code A/B of two identical harness trees (a docs-only change): say so and exit 0 "
+                         "instead of refusing (the CI gate)")
     ab.set_defaults(func=cmd_ab)
 
     cal = sub.add_parser("calibrate", help="A/A sessions (same code both sides): this machine's pair spread and "
@@ -112,6 +115,10 @@ def cmd_ab(a) -> int:
             raise HarnessError("ab: give --baseline REF (code A/B) or --candidate-set KEY=VALUE (config A/B)")
         base = trees.from_ref(a.baseline)
         cand = trees.from_ref(a.candidate) if a.candidate else _worktree_side(a.allow_dirty)
+        if cand.key == base.key and a.pass_if_identical:
+            print(f"ab: the candidate {cand.short} holds the same harness as the baseline {base.short}: "
+                  f"no number can differ; passing")
+            return 0
         if cand.key == base.key:
             raise HarnessError(f"ab: the candidate {cand.short} holds the same harness as the baseline "
                                f"{base.short}: nothing to compare (calibrate runs A/A on purpose)")

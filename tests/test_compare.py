@@ -254,21 +254,22 @@ def test_report_compare_shows_the_intervals(base, tmp_path):
     assert (table["verdict"] == "regression").all() and table["ci_high"].lt(0.97).all()
 
 
-def test_workflow_gates_on_a_stored_baseline():
+def test_workflow_gates_on_an_ab_against_the_base_ref():
+    """The CI gate pairs the change with its base in time (lstm-bench ab), never runs a fork's code on the
+    persistent self-hosted runner, and uploads the A/B report either way."""
     wf = yaml.safe_load((ROOT / "scripts" / "ci" / "benchmark-gate.yml").read_text())
-    jobs = wf["jobs"]
-    (job,) = jobs.values()
-    assert "self-hosted" in job["runs-on"] and "gpu" in job["runs-on"]
-    runs = [s.get("run", "") for s in job["steps"]]
-    uses = [s.get("uses", "") for s in job["steps"]]
-    assert any(re.search(r'lstm-bench run "?suites/', r) for r in runs)
-    (gate,) = [s for s in job["steps"] if "lstm-bench compare" in s.get("run", "")]
-    assert "--fail-on regression" in gate["run"] and "--out" in gate["run"]
-    assert "$BASELINE_DIR" in gate["run"] and job["env"]["BASELINE_DIR"].startswith("results/baselines/")
+    (job,) = wf["jobs"].values()
+    assert "self-hosted" in job["runs-on"]
+    assert "head.repo.full_name == github.repository" in job["if"] and "labels" in job["if"]
+    assert set(wf[True]) == {"pull_request", "workflow_dispatch"} and "pull_request_target" not in wf[True]
+    (gate,) = [s for s in job["steps"] if "lstm-bench ab" in s.get("run", "")]
+    assert "suites/gate.yaml" in gate["run"] and "--baseline" in gate["run"] and "--fail-on regression" in gate["run"]
+    assert "--allow-dirty" not in gate["run"]
+    (checkout,) = [s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout")]
+    assert checkout["with"]["fetch-depth"] == 0  # the base ref must be in the clone
     upload = [s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
-    assert len(upload) == 1 and upload[0].get("if") == "always()" and uses.index(upload[0]["uses"]) > \
-        runs.index(gate["run"])
-    assert any(u.startswith("actions/checkout") for u in uses)
+    assert len(upload) == 1 and upload[0].get("if") == "always()"
+    assert job["steps"].index(upload[0]) > job["steps"].index(gate)
 
 
 def test_committed_baseline_is_a_smoke_run():
@@ -277,7 +278,7 @@ def test_committed_baseline_is_a_smoke_run():
     assert len(df) == 24 and set(df["trial_id"]) == {s.trial_id for s in smoke_specs()}
     assert df["step_ms"].map(len).gt(0).all() and df["hw_fingerprint"].notna().all()
     make = (ROOT / "Makefile").read_text()
-    assert "bench-gate:" in make and "results/baselines/smoke-cpu/" in make
+    assert "bench-gate:" in make and "lstm-bench ab suites/gate.yaml" in make
 
 
 def test_real_baseline_against_itself_and_a_slower_copy(tmp_path):
