@@ -31,6 +31,7 @@ import numpy as np
 
 from . import stats
 from .errors import HarnessError
+from .nodes import TIMING_SLOT
 from .spec import TrialSpec
 from .store import atomic_write, jsonable, new_run_id
 from .trees import CodeTree
@@ -147,10 +148,16 @@ def _pair_options(cell: Cell):
     return {k: v for k, v in opts.items() if v is not None}
 
 
-def run_pairs(session: Session, jobs: list[dict], refs: dict, sink, progress=None, pair_fn=None) -> None:
-    """Submit `jobs` (one per pair), collect them as they end, rerun the contaminated; accepted pairs land in
-    session.pairs. A pair whose two sides ran on different hardware is refused: the session cannot pair them.
-    `pair_fn` (tests only, an argument, never read from the environment) replaces pairs.pair_task."""
+def run_pairs(session: Session, jobs: list[dict], refs: dict, sink, progress=None, pair_fn=None,
+              window: int = 1) -> None:
+    """Run `jobs` (one per pair) in their order, at most `window` in flight (the cluster's timing slots: Ray
+    would otherwise start queued tasks by resource shape, not by submission, and a session of 2 GiB train pairs
+    and 1 GiB infer pairs ran all train pairs first, un-interleaving the rounds); rerun the contaminated next.
+    Accepted pairs land in session.pairs. A pair whose two sides ran on different hardware is refused: the
+    session cannot pair them. `pair_fn` (tests only, an argument, never read from the environment) replaces
+    pairs.pair_task."""
+    import collections
+
     import ray
 
     from .pairs import pair_task
@@ -160,8 +167,11 @@ def run_pairs(session: Session, jobs: list[dict], refs: dict, sink, progress=Non
     def submit(job):
         return task.options(**_pair_options(by_cell[job["cell"]])).remote(job, refs["baseline"], refs["candidate"])
 
-    inflight = {submit(j): j for j in jobs}
-    while inflight:
+    queue, inflight = collections.deque(jobs), {}
+    while queue or inflight:
+        while queue and len(inflight) < window:
+            job = queue.popleft()
+            inflight[submit(job)] = job
         done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0, fetch_local=False)
         for ref in done:
             job = inflight.pop(ref)
@@ -184,8 +194,7 @@ def run_pairs(session: Session, jobs: list[dict], refs: dict, sink, progress=Non
             if reasons:
                 if job["attempt"] < MAX_RERUNS:
                     session.reruns[job["cell"]] = session.reruns.get(job["cell"], 0) + 1
-                    again = {**job, "attempt": job["attempt"] + 1}
-                    inflight[submit(again)] = again
+                    queue.appendleft({**job, "attempt": job["attempt"] + 1})
                 else:
                     session.lost[job["cell"]] = session.lost.get(job["cell"], 0) + 1
                 continue
@@ -236,6 +245,7 @@ def run_session(cells: list[Cell], trees: dict[str, CodeTree], settings: Setting
     connect(address, num_cpus=num_cpus)
     session = Session(run_dir, cells)
     refs = {side: ray.put(t.archive) for side, t in trees.items()}
+    window = max(1, int(ray.cluster_resources().get(TIMING_SLOT, 1)))  # one pair per node at a time
     specs = {c.name: c for c in cells}
 
     def sides_of(name):
@@ -259,7 +269,7 @@ def run_session(cells: list[Cell], trees: dict[str, CodeTree], settings: Setting
         while counts:
             start = {n: len(session.pairs.get(n, [])) + session.lost.get(n, 0) for n in counts}
             run_pairs(session, interleaved_jobs(cells, counts, start, orders, sides_of, rng), refs, sink, progress,
-                      pair_fn)
+                      pair_fn, window)
             if session.calibration is None and session.fingerprints and results_root is not None:
                 session.calibration, path = load_calibration(results_root, sorted(session.fingerprints)[0])
                 meta["calibration"] = str(path) if path else None
