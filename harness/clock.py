@@ -4,7 +4,9 @@ Ray does not say when a queued task begins to run, so each trial tells a small a
 node (`TrialClock.start`, which answers the attempt number). The driver keeps the deadlines itself
 (`Deadlines`), fed by the clock's start events since the last poll: a poll costs what is new, not the suite;
 a retried task starts again and gets a fresh deadline; a restarted clock (a new `epoch`) loses no deadline the
-driver already holds, and a worker's start call waits for the restarted actor (max_task_retries=-1).
+driver already holds, and a worker's start call waits for the restarted actor (max_task_retries=-1). The driver
+names the epoch it has seen: a clock of another epoch answers all its events, since the driver's `seen` counts
+another clock's events (asking a new clock for events after the old count would skip its first ones).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class TrialClock:
         self.intervals.setdefault(node_id, []).append([trial_id, now, None])
         return attempt
 
-    def events_since(self, seq: int) -> tuple[str, list[tuple]]:
-        return self.epoch, self.events[seq:]
+    def events_since(self, seq: int, epoch: str | None = None) -> tuple[str, list[tuple]]:
+        """(this clock's epoch, its events after `seq`); every event when `epoch` (the driver's) is another's."""
+        return self.epoch, self.events[0 if epoch not in (None, self.epoch) else seq:]
 
     def done(self, trial_id: str, node_id: str) -> None:
         now = time.time()

@@ -178,7 +178,7 @@ class Submitter:
             return []
         self.polled_at = time.time()
         try:
-            self.deadlines.absorb(*ray.get(self.clock.events_since.remote(self.deadlines.seen), timeout=2))
+            self.deadlines.absorb(*ray.get(self.clock.events_since.remote(self.deadlines.seen, self.deadlines.epoch), timeout=2))
         except Exception:
             pass
         late = self.deadlines.overdue()

@@ -87,3 +87,29 @@ def test_a_result_that_arrived_by_the_deadline_is_kept(monkeypatch):
 def test_an_overdue_trial_with_no_result_is_cancelled_and_recorded_timeout(monkeypatch):
     cancelled, stored = run_collect(monkeypatch, finished_by_cancel=False)
     assert len(cancelled) == 1 and stored[0]["status"] == "timeout" and "cancelled" in stored[0]["error"]
+
+
+def test_a_restarted_clock_answers_its_first_events_to_a_driver_of_the_old_epoch(monkeypatch):
+    """3 events, the clock restarts (a new actor: a new epoch, events from 1 again), 4 starts: the driver's poll
+    (Submitter.overdue, through a stand-in for Ray) tracks all 4, not only the 4th."""
+    clocks = [TrialClock()]
+
+    class Remote:  # clock.events_since.remote(...) -> the answer of whichever clock is alive now
+        def remote(self, *args):
+            return clocks[-1].events_since(*args)
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(get=lambda answer, timeout=None: answer))
+    sub = object.__new__(cluster.Submitter)
+    sub.deadlines, sub.pending, sub.polled_at = Deadlines(), {}, 0.0
+    sub.clock = types.SimpleNamespace(events_since=Remote())
+    for tid in "abc":
+        clocks[-1].start(tid, 10.0, "n")
+    sub.overdue()
+    assert set(sub.deadlines.by_trial) == set("abc") and sub.deadlines.seen == 3
+    sub.deadlines.forget("a"), sub.deadlines.forget("b"), sub.deadlines.forget("c")
+    clocks.append(TrialClock())  # restarted
+    for tid in "defg":
+        clocks[-1].start(tid, 10.0, "n")
+    sub.polled_at = 0.0
+    sub.overdue()
+    assert set(sub.deadlines.by_trial) == set("defg") and sub.deadlines.seen == 4
