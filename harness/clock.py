@@ -26,6 +26,7 @@ class TrialClock:
 
     def start(self, trial_id: str, limit_s: float, node_id: str) -> int:
         now = time.time()
+        self.ended(trial_id, now)  # a new attempt: the last one ended (its worker or node lost, or OOM-killed)
         attempt = self.attempts[trial_id] = self.attempts.get(trial_id, 0) + 1
         self.events.append((len(self.events) + 1, trial_id, now, limit_s, attempt, node_id))
         self.intervals.setdefault(node_id, []).append([trial_id, now, None])
@@ -43,6 +44,16 @@ class TrialClock:
                 break
         self.intervals[node_id] = [iv for iv in self.intervals.get(node_id, [])
                                    if iv[2] is None or iv[2] > now - HISTORY_S]
+
+    def ended(self, trial_id: str, now: float | None = None) -> None:
+        """Close every open interval of `trial_id`, on any node: the driver calls it for an ending the trial's
+        worker could not report (cancelled as a timeout, lost or OOM-killed beyond its retries, raised), so that
+        no later trial on that node counts it as a co-tenant."""
+        now = time.time() if now is None else now
+        for ivs in self.intervals.values():
+            for iv in ivs:
+                if iv[0] == trial_id and iv[2] is None:
+                    iv[2] = now
 
     def co_tenants(self, node_id: str, trial_id: str, t0: float, t1: float) -> int:
         """Other trials whose run on `node_id` overlapped the window [t0, t1]."""

@@ -70,30 +70,33 @@ def _trial_task(spec_flat: dict, arrays, clock, limit_s: float, ceilings: dict, 
     tid = spec_flat["trial_id"]
     node = ray.get_runtime_context().get_node_id()
     attempt_ref = clock.start.remote(tid, limit_s, node)  # answered later: the trial does not wait for the clock
-    if tid in hooks.hang:
-        time.sleep(10**6)
-    if hooks.barrier is not None:
-        ray.get(hooks.barrier.arrive.remote())
-    where = {"node_id": node, "node_ip": node_ip_of_this_worker(), "worker_pid": os.getpid(), "placement": placement}
-    spec = TrialSpec.from_flat(spec_flat)
-    try:
-        result = (hooks.trial_fn or run_trial)(spec, arrays=arrays, extra=where, ceilings=ceilings.get(node))
-    except HarnessError as exc:  # e.g. a node without the device the trial asked for
-        result = TrialResult(record=_spec_record(spec, "failed", str(exc), **where, duration_s=0.0,
-                                                 started_at=dt.datetime.now(dt.timezone.utc).isoformat()))
-    rec = result.record
-    try:
-        rec["attempt"] = ray.get(attempt_ref, timeout=60)
-    except Exception:  # a clock that cannot answer costs this record its attempt number, not the trial
-        rec["attempt"] = None
-    if rec.get("timed_start") is not None:
+    try:  # whatever ends this attempt in this process, its interval on the node is closed (finally)
+        if tid in hooks.hang:
+            time.sleep(10**6)
+        if hooks.barrier is not None:
+            ray.get(hooks.barrier.arrive.remote())
+        where = {"node_id": node, "node_ip": node_ip_of_this_worker(), "worker_pid": os.getpid(),
+                 "placement": placement}
+        spec = TrialSpec.from_flat(spec_flat)
         try:
-            rec["co_tenants"] = ray.get(clock.co_tenants.remote(node, tid, rec["timed_start"], rec["timed_end"]),
-                                        timeout=30)
-        except Exception:
-            rec["co_tenants"] = None
-    clock.done.remote(tid, node)
-    return result
+            result = (hooks.trial_fn or run_trial)(spec, arrays=arrays, extra=where, ceilings=ceilings.get(node))
+        except HarnessError as exc:  # e.g. a node without the device the trial asked for
+            result = TrialResult(record=_spec_record(spec, "failed", str(exc), **where, duration_s=0.0,
+                                                     started_at=dt.datetime.now(dt.timezone.utc).isoformat()))
+        rec = result.record
+        try:
+            rec["attempt"] = ray.get(attempt_ref, timeout=60)
+        except Exception:  # a clock that cannot answer costs this record its attempt number, not the trial
+            rec["attempt"] = None
+        if rec.get("timed_start") is not None:
+            try:
+                rec["co_tenants"] = ray.get(clock.co_tenants.remote(node, tid, rec["timed_start"],
+                                                                    rec["timed_end"]), timeout=30)
+            except Exception:
+                rec["co_tenants"] = None
+        return result
+    finally:
+        clock.done.remote(tid, node)
 
 
 def _spec_record(spec: TrialSpec, status: str, error: str, **fields) -> dict:
@@ -184,6 +187,13 @@ class Submitter:
         late = self.deadlines.overdue()
         return [(ref, s, late[s.trial_id]) for ref, s in self.pending.items() if s.trial_id in late]
 
+    def ended(self, trial_id: str) -> None:
+        """Tell the clock a trial ended without its worker saying so (see TrialClock.ended); not awaited."""
+        try:
+            self.clock.ended.remote(trial_id)
+        except Exception:  # a clock that cannot be reached costs co-tenant counts, not the sweep
+            pass
+
     def cancel_all(self) -> None:
         import ray
         for ref in self.pending:
@@ -234,13 +244,14 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
             ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
         for ref in ready:
             spec = sub.pending.pop(ref)
-            record(_result(ref, spec), spec)
+            record(_result(ref, spec, sub.ended), spec)
         store.sync()
         for ref, spec, ran in sub.overdue():
             sub.pending.pop(ref)
             if ray.wait([ref], timeout=0)[0]:  # it finished after all: keep its result
-                record(_result(ref, spec), spec)
+                record(_result(ref, spec, sub.ended), spec)
                 continue
+            sub.ended(spec.trial_id)  # before the cancel frees its node for the next trial
             ray.cancel(ref, force=True)  # kills the worker process; a cancelled task is not retried
             record(TrialResult(record=_spec_record(
                 spec, "timeout", f"still running {ran:.0f} s after it started (time budget {spec.budget_s:g} s, "
@@ -249,16 +260,20 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
         sub.fill()
 
 
-def _result(ref, spec: TrialSpec) -> TrialResult:
+def _result(ref, spec: TrialSpec, ended: Callable[[str], None]) -> TrialResult:
+    """The trial's result, or a failed record when its task raised (then `ended`, Submitter.ended, is told:
+    no worker of it may have closed its interval on the node)."""
     import ray
     try:
         return ray.get(ref)
     except ray.exceptions.OutOfMemoryError as exc:  # killed by Ray's memory monitor, retried at most once
+        ended(spec.trial_id)
         return TrialResult(record=_spec_record(
             spec, "failed", f"out of memory: killed by Ray's memory monitor on every attempt (the first and "
             f"{OOM_RETRIES} retry); raise memory_mb or give it a bigger node ({str(exc).splitlines()[0][:200]})",
             attempt=1 + OOM_RETRIES, started_at=None, duration_s=None))
     except Exception as exc:  # lost beyond its retries, or cancelled: recorded, never dropped
+        ended(spec.trial_id)
         return TrialResult(record=_spec_record(spec, "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
                                                started_at=None, duration_s=None))
 

@@ -44,9 +44,9 @@ def run_collect(monkeypatch, finished_by_cancel: bool):
     """cluster.collect over one pending trial that the clock reports overdue, with a stand-in for Ray whose
     result is (or is not) there when the driver checks just before cancelling. Returns (cancelled, stored)."""
     spec = TrialSpec(Variant(hidden_size=8, num_layers=1, batch_size=8), mode="infer")
-    ref, cancelled, stored = object(), [], []
+    ref, cancelled, stored, ended = object(), [], [], []
 
-    def wait(refs, num_returns=1, timeout=None):
+    def wait(refs, num_returns=1, timeout=None, fetch_local=True):
         ready = finished_by_cancel and len(refs) == 1 and timeout == 0 and sub.polled
         return ([ref], []) if ready else ([], list(refs))
 
@@ -60,6 +60,9 @@ def run_collect(monkeypatch, finished_by_cancel: bool):
 
         def fill(self):
             pass
+
+        def ended(self, trial_id):
+            ended.append(trial_id)
 
         def overdue(self):
             self.polled = True
@@ -76,6 +79,7 @@ def run_collect(monkeypatch, finished_by_cancel: bool):
     sub = Sub()
     bar = types.SimpleNamespace(update=lambda n: None, set_postfix=lambda **k: None)
     cluster.collect(sub, Store(), bar, {"ok": 0, "failed": 0})
+    assert ended == ([] if finished_by_cancel else [spec.trial_id])  # a cancelled trial's interval is closed
     return cancelled, stored
 
 
@@ -113,3 +117,17 @@ def test_a_restarted_clock_answers_its_first_events_to_a_driver_of_the_old_epoch
     sub.polled_at = 0.0
     sub.overdue()
     assert set(sub.deadlines.by_trial) == set("defg") and sub.deadlines.seen == 4
+
+
+def test_every_ending_closes_a_trials_interval_on_its_node():
+    """A retry's start closes the lost attempt's interval; `ended` (the driver, for a timeout, an OOM kill or a
+    task that raised) closes it on every node: no later trial there counts it as a co-tenant."""
+    import time
+    c = TrialClock()
+    c.start("lost", 5.0, "n1")
+    c.start("lost", 5.0, "n2")  # its worker died on n1: retried on n2
+    c.start("cancelled", 5.0, "n1")
+    c.ended("lost")
+    c.ended("cancelled")
+    later = time.time() + 1
+    assert c.co_tenants("n1", "next", later, later + 1) == 0 and c.co_tenants("n2", "next", later, later + 1) == 0
