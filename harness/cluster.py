@@ -248,7 +248,9 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
         store.sync()
         for ref, spec, ran in sub.overdue():
             sub.pending.pop(ref)
-            if ray.wait([ref], timeout=0)[0]:  # it finished after all: keep its result
+            # it finished after all: keep its result (fetch_local=False: a profile's trace may still be on its
+            # way to this node; done is done, the copy is not what is asked)
+            if ray.wait([ref], timeout=0, fetch_local=False)[0]:
                 record(_result(ref, spec, sub.ended), spec)
                 continue
             sub.ended(spec.trial_id)  # before the cancel frees its node for the next trial

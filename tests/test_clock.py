@@ -47,7 +47,8 @@ def run_collect(monkeypatch, finished_by_cancel: bool):
     ref, cancelled, stored, ended = object(), [], [], []
 
     def wait(refs, num_returns=1, timeout=None, fetch_local=True):
-        ready = finished_by_cancel and len(refs) == 1 and timeout == 0 and sub.polled
+        # the last-chance check must not wait for a local copy (a profile's trace still in transfer)
+        ready = finished_by_cancel and len(refs) == 1 and timeout == 0 and sub.polled and not fetch_local
         return ([ref], []) if ready else ([], list(refs))
 
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(
@@ -83,7 +84,7 @@ def run_collect(monkeypatch, finished_by_cancel: bool):
     return cancelled, stored
 
 
-def test_a_result_that_arrived_by_the_deadline_is_kept(monkeypatch):
+def test_a_result_that_arrived_by_the_deadline_is_kept_even_before_its_copy_is_local(monkeypatch):
     cancelled, stored = run_collect(monkeypatch, finished_by_cancel=True)
     assert cancelled == [] and [r["status"] for r in stored] == ["ok"]
 
