@@ -24,7 +24,7 @@ from typing import Callable
 from .clock import Deadlines, TrialClock
 from .env import code_version
 from .errors import HarnessError
-from .nodes import cluster_nodes, connect, describe_resources, probe_nodes
+from .nodes import OOM_RETRIES, cluster_nodes, connect, describe_resources, probe_nodes
 from .plan import Plan, code_identity, place, placement_of, plan
 from .schema import TrialResult
 from .spec import TrialSpec
@@ -34,7 +34,7 @@ from .suites import Suite
 MAX_RETRIES = 3  # for tasks lost with a worker process or node (system failures), not for trial errors
 HANG_GRACE_S = 120.0
 WAIT_BATCH = 64  # results collected per ray.wait
-OOM_RETRIES = 1  # a trial killed for memory is retried once (Ray's default is forever); nodes.connect sets it
+# OOM_RETRIES (nodes.py): a trial killed for memory is retried once (Ray's default is forever), on any cluster
 POLL_S = 1.0     # how often the driver asks the clock for start events (and looks for hung trials)
 PROBE_S = 1.0    # seconds of each node's GEMM probe, per precision, at the start and end of a run
 

@@ -11,6 +11,11 @@ from .errors import HarnessError
 # `ray start --resources='{"timing_slot": 1}'`), and every exclusive timing trial takes it, so at most one timing
 # trial runs on a node at a time.
 TIMING_SLOT = "timing_slot"
+# A trial killed by Ray's memory monitor is retried this often (Ray's default: without end). Ray has no per-task
+# option for it: the owner of a task (the driver, for every trial) reads RAY_task_oom_retries when its core worker
+# starts, so connect() sets it in the driver's environment for any cluster, and in the job's runtime env for tasks
+# a worker would own; the embedded Ray also gets it as system config (its raylet and GCS start here).
+OOM_RETRIES = 1
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None):
@@ -23,7 +28,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
     import ray
     if ray.is_initialized():
         return ray.get_runtime_context()
-    env = {"KINETO_LOG_LEVEL": os.environ.get("KINETO_LOG_LEVEL", "6")}
+    os.environ["RAY_task_oom_retries"] = str(OOM_RETRIES)  # before ray.init: the driver's core worker reads it
+    env = {"KINETO_LOG_LEVEL": os.environ.get("KINETO_LOG_LEVEL", "6"), "RAY_task_oom_retries": str(OOM_RETRIES)}
     from .env import git_commit
     env["LSTM_BENCH_COMMIT"] = git_commit()  # workers may run an installed copy without .git
     try:
@@ -31,7 +37,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
             # address="local": always a new instance, never whatever RAY_ADDRESS or /tmp/ray names.
             ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                      num_cpus=num_cpus, num_gpus=num_gpus, resources={TIMING_SLOT: 1},
-                     _system_config={"task_oom_retries": 1},  # a trial killed for memory: retried once, not forever
+                     _system_config={"task_oom_retries": OOM_RETRIES},
                      log_to_driver=False, configure_logging=True,
                      logging_level="warning", runtime_env={"env_vars": env})
         else:
