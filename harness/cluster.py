@@ -306,24 +306,28 @@ def flag_drifted_nodes(p: Plan, end: dict) -> int:
     return flagged
 
 
-def finalize(p: Plan, ok: int, failed: int, interrupted: bool) -> RunOutcome:
-    """Close the store, write the final run.json, consolidate Parquet (not after an interrupt: --resume adds)."""
+def finalize(p: Plan, ok: int, failed: int, status: str) -> RunOutcome:
+    """Close the store, write the final run.json with how the run ended (finished, interrupted or aborted), and
+    consolidate Parquet only for a finished run (--resume adds to the others; a partial run is not a result)."""
     import ray
     p.store.close()
-    p.meta.update({"ended_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                   "status": "interrupted" if interrupted else "finished",
+    p.meta.update({"ended_at": dt.datetime.now(dt.timezone.utc).isoformat(), "status": status,
                    "ok": len(p.done_before) + ok, "failed": failed, "infeasible": len(p.infeasible),
-                   "skipped_already_ok": len(p.done_before),
-                   "resources": {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}})
+                   "skipped_already_ok": len(p.done_before)})
     try:
+        try:  # Ray may be what failed: run.json is still written, without the resources
+            p.meta["resources"] = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+        except Exception:
+            p.meta["resources"] = None
         p.store.write_meta(p.meta)
-        if not interrupted:
+        if status == "finished":
             p.store.consolidate()
     except (OSError, HarnessError) as exc:
         print(f"lstm-bench: could not finish {p.run_dir}: {exc}; trials.jsonl holds every record written",
               file=sys.stderr)
     return RunOutcome(run_dir=p.run_dir, planned=len(p.suite.trials), ok=len(p.done_before) + ok,
-                      failed=failed + len(p.infeasible), skipped=len(p.done_before), interrupted=interrupted)
+                      failed=failed + len(p.infeasible), skipped=len(p.done_before),
+                      interrupted=status == "interrupted")
 
 
 def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | None = None,
@@ -340,34 +344,37 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
     nodes = cluster_nodes()
     place(p, nodes, skip_infeasible)
     timing = [s for s in p.runnable if s.mode in ("train", "infer")]
+    arrays_ref = None
+    if any(s.data == "cifar10" for s in p.runnable):  # read once here (before run.json says running), shared
+        from .cifar import load_cifar10                 # through the object store
+        arrays_ref = ray.put(load_cifar10(data_root, allow_unofficial=allow_unofficial, download=download))
     threads = suite.cpus_per_trial
     ceilings = probe_nodes(nodes, threads, hooks.probe_s) if timing else {}
     start(p, nodes, address, ceilings)
-    arrays_ref = None
-    if any(s.data == "cifar10" for s in p.runnable):  # read once here, shared through the object store
-        from .cifar import load_cifar10
-        arrays_ref = ray.put(load_cifar10(data_root, allow_unofficial=allow_unofficial, download=download))
-    slots = sum(int(n["resources"].get("CPU", 0) // max(suite.cpus_per_trial, 1)) for n in nodes) or 1
-    sub = Submitter(p, arrays_ref, ceilings, window=max(2 * slots, 4), max_retries=max_retries,
-                    hang_grace_s=hang_grace_s, hooks=hooks)
-    bar = progress_bar(len(p.runnable), progress)
     counts = {"ok": 0, "failed": 0}
-    interrupted = False
+    status, sub, bar = "aborted", None, None  # a run ends finished, interrupted or aborted (any other exception)
     try:
+        slots = sum(int(n["resources"].get("CPU", 0) // max(suite.cpus_per_trial, 1)) for n in nodes) or 1
+        sub = Submitter(p, arrays_ref, ceilings, window=max(2 * slots, 4), max_retries=max_retries,
+                        hang_grace_s=hang_grace_s, hooks=hooks)
+        bar = progress_bar(len(p.runnable), progress)
         collect(sub, p.store, bar, counts)
         p.meta.update(first_submit_at=sub.first_submit_at, last_record_at=sub.last_record_at)
-        if timing and not interrupted:
+        if timing:
             end = probe_nodes(cluster_nodes(), threads, hooks.probe_s)
             if hooks.end_probe:
                 end = {nid: hooks.end_probe(nid, probes) for nid, probes in end.items()}
             flag_drifted_nodes(p, end)
+        status = "finished"
     except KeyboardInterrupt:
-        interrupted = True
-        sub.cancel_all()
-    except BaseException:
-        sub.cancel_all()  # e.g. the results file became unwritable: stop the sweep, keep what is written
-        raise
-    finally:
-        bar.close()
-        outcome = finalize(p, counts["ok"], counts["failed"], interrupted)
+        status = "interrupted"
+    finally:  # an exception other than an interrupt (Ray gone, the disk full, a bug) goes on up: status aborted
+        if status != "finished" and sub is not None:
+            try:
+                sub.cancel_all()
+            except Exception:  # Ray may be what failed
+                pass
+        if bar is not None:
+            bar.close()
+        outcome = finalize(p, counts["ok"], counts["failed"], status)
     return outcome

@@ -199,3 +199,38 @@ def test_co_tenants_stay_zero_after_trials_that_raise_crash_and_time_out(tmp_pat
     ok = [r for r in latest.values() if r["status"] == "ok"]
     print(f"\nco_tenants of the {len(ok)} ok trials: {[r.get('co_tenants') for r in ok]}")
     assert len(ok) == len(suite.trials) - 3 and all(r["co_tenants"] == 0 for r in ok)
+
+
+def test_a_run_whose_ray_connection_is_lost_ends_aborted_and_resumes(tmp_path, local_ray, monkeypatch):
+    """An exception that is not an interrupt (here: Ray's connection lost mid-collect, and Ray gone for
+    cluster_resources too) ends the run `aborted` in run.json, builds no Parquet from the partial run and goes on
+    up; --resume then finishes it with nothing run twice."""
+    from harness import cluster
+    suite = load_suite(suite_file(tmp_path))
+    real_collect = cluster.collect
+
+    def collect_then_lose_ray(sub, store, bar, counts):
+        sub.queue = sub.queue[:1]  # one trial runs, then the connection goes
+        real_collect(sub, store, bar, counts)
+        monkeypatch.setattr(ray, "cluster_resources", lambda: (_ for _ in ()).throw(ConnectionError("gone")))
+        raise ConnectionError("Ray connection lost")
+
+    monkeypatch.setattr(cluster, "collect", collect_then_lose_ray)
+    with pytest.raises(ConnectionError):
+        run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2)
+    (run_dir,) = (tmp_path / "r" / "faults").iterdir()
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "aborted" and not (run_dir / "trials.parquet").exists()
+    monkeypatch.undo()
+    ray.shutdown()
+    again = run_suite(suite, out_dir=tmp_path / "r", resume=run_dir.name, progress=False, num_cpus=2)
+    c = sweep_counts(run_dir, len(suite.trials))
+    assert again.skipped == 1 and c["ok"] == len(suite.trials) and c["duplicates"] == 0
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_a_dataset_that_cannot_be_read_fails_before_run_json_says_running(tmp_path, local_ray):
+    suite = load_suite(suite_file(tmp_path, data="cifar10"))
+    with pytest.raises(HarnessError):
+        run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, data_root=str(tmp_path / "none"))
+    assert not list((tmp_path / "r").glob("*/*/run.json"))
