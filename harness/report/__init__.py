@@ -3,8 +3,9 @@
     build_report([run_dir, ...], out_dir, compare=baseline_dir, command="lstm-bench report ...")
 
 writes into out_dir:
-    report.md        the tables as markdown, plots linked from plots/
-    report.html      one file: the same tables as HTML, the plots embedded as base64 data URIs
+    report.md        the answer first (headline), then plots and tables, problems, the environment last
+                     (collapsed in a <details>, the fields that differ between runs shown above it)
+    report.html      one file: the same, as HTML, the plots embedded as base64 data URIs
     tables/<name>.csv every table, exactly as compute_tables returns it
     plots/<name>.png the plots that had data (a plot without data is skipped, and a stale PNG removed)
 
@@ -12,6 +13,8 @@ The package, each module importing only those before it:
     frame   load_runs (a RunSet: records, kernels, run metadata), prepare (normalized records), sorting
     tables  the table functions below
     plots   the four plots (matplotlib Figure, Agg; no pyplot)
+    headline the report's first section: per device, mode and precision the fastest impl, its speedup over
+            each other impl with a bootstrap interval, % of the node's GEMM ceiling
     render  fmt_cell, the display frame, markdown_table / html_table (pandas), Doc and its block kinds
     gap     closing the gap to cuDNN: gap_table, gap_impls_table, gpu_busy_frac (from traces), its plot and section
     build   compute_tables, build_report and the document, one function per section
@@ -19,6 +22,9 @@ The package, each module importing only those before it:
 Every table function is a pure function of a DataFrame of trial records (as `results.load_run` returns, or
 several runs concatenated), so it can be called and checked on its own. What they compute:
 
+  headline_table     the answer: see headline.py.
+  throughput_cells   every spec x impl with an ok trial, noisy ones included and flagged, with its IQR: what
+                     the throughput plot draws (hollow markers for noisy cells, bars of median +- IQR/2).
   throughput_table   median img_per_s of ok, non-noisy train/infer trials, one column per impl. Rows are
                      keyed by mode, seq label (patch -> "patch4"), device label, batch_size, dtype,
                      bidirectional, num_layers, hidden_size: num_layers is part of the row index (one table,
@@ -52,16 +58,18 @@ from .compare import Comparison, compare_runs
 from .history import History, change_points, load_history, series_table
 from .frame import FIELDS, INT_KEYS, NUMERIC, RunSet, load_runs, prepare, seq_label
 from .gap import gap_impls_table, gap_table, gpu_busy_frac, plot_gap_closed
-from .plots import plot_accuracy_curves, plot_kernel_breakdown, plot_speedup_heatmap, plot_throughput
+from .headline import headline_table
+from .plots import plot_accuracy_curves, plot_kernel_breakdown, plot_speedup_heatmap, plot_throughput, throughput_figure
 from .render import BLOCKS, Doc, display_frame, fmt_cell, html_table, markdown_table
 from .tables import (CATEGORIES, FALLBACK_KEYS, JOIN_KEYS, KERNEL_KEYS, PIVOT_GROUP, PIVOT_INDEX, accuracy_table,
                      compare_table, environment_by_field, environment_table, gflops_table, kernel_table,
-                     layer_scaling_table, problems_table, speedup_table, throughput_table, unmatched_baseline,
-                     verdict)
+                     layer_scaling_table, problems_table, speedup_table, throughput_cells, throughput_table,
+                     unmatched_baseline, verdict)
 
 __all__ = [
     "build_report", "compute_tables", "document", "TABLE_NAMES", "PLOTS", "SECTIONS",
     "RunSet", "load_runs", "prepare", "seq_label", "FIELDS", "NUMERIC", "INT_KEYS",
+    "headline_table", "throughput_cells", "throughput_figure",
     "throughput_table", "gflops_table", "speedup_table", "layer_scaling_table", "accuracy_table", "kernel_table",
     "environment_table", "environment_by_field", "problems_table", "compare_table", "verdict",
     "unmatched_baseline", "PIVOT_GROUP", "PIVOT_INDEX", "JOIN_KEYS", "FALLBACK_KEYS", "KERNEL_KEYS", "CATEGORIES",

@@ -13,21 +13,23 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import HarnessError
-from . import gap
+from . import gap, headline
 from .frame import RunSet, _missing, load_runs, prepare
 from .compare import ALPHA, THRESHOLD, Comparison, compare_runs, exit_lines
 from .history import ALPHA as H_ALPHA, MIN_SHIFT, file_stem, load_history, plot_history, series_table
 from .plots import plot_accuracy_curves, plot_kernel_breakdown, plot_speedup_heatmap, plot_throughput
 from .render import Doc, fmt_cell, markdown_table
-from .tables import (PIVOT_GROUP, accuracy_table, environment_by_field, environment_table, gflops_table,
-                     group_title, kernel_table, layer_scaling_table, problems_table, speedup_table, throughput_table)
+from .tables import (ENV_FIELDS, PIVOT_GROUP, accuracy_table, environment_by_field, environment_table,
+                     gflops_table, group_title, kernel_table, layer_scaling_table, problems_table, speedup_table,
+                     throughput_cells, throughput_table)
 
-TABLE_NAMES = ("environment", "problems", "throughput", "speedup", "layer_scaling", "gflops", "accuracy",
-               "kernels", "gap", "gap_impls", "compare")
+TABLE_NAMES = ("headline", "throughput_cells", "environment", "problems", "throughput", "speedup", "layer_scaling",
+               "gflops", "accuracy", "kernels", "gap", "gap_impls", "compare")
 # plot name: (function, its input: a table name or None for the records, caption)
 PLOTS = {
-    "throughput_vs_hidden": (plot_throughput, "throughput", "img/s vs hidden size per impl (log y)"),
-    "speedup_cudnn_over_naive": (plot_speedup_heatmap, "speedup", "cudnn/naive over seq x hidden size"),
+    "throughput_vs_hidden": (plot_throughput, "throughput_cells",
+                             "img/s vs hidden size per impl (log y), every cell: bars median +- IQR/2"),
+    "speedup_cudnn_over_naive": (plot_speedup_heatmap, "throughput_cells", "cudnn/naive over seq x hidden size"),
     "accuracy_curves": (plot_accuracy_curves, None, "test accuracy per epoch and over time"),
     "kernel_time_by_category": (plot_kernel_breakdown, "kernels", "kernel time by category per impl"),
     "gap_closed": (gap.plot_gap_closed, "gap", "share of the naive-to-cudnn gap each impl closes"),
@@ -38,6 +40,8 @@ def compute_tables(runs: RunSet, baseline: RunSet | None = None,
                    comparison: Comparison | None = None) -> dict[str, pd.DataFrame]:
     df = prepare(runs.records)
     tables = {
+        "headline": headline.headline_table(df),
+        "throughput_cells": throughput_cells(df),
         "environment": environment_by_field(environment_table(df, runs.metas)),
         "problems": problems_table(df),
         "throughput": throughput_table(df),
@@ -152,18 +156,36 @@ def _header(doc: Doc, r: Report):
     doc.items([_run_line(row, r.runs.metas.get(row["run_id"], {})) for _, row in r.per_run.iterrows()])
     if r.baseline is not None:
         doc.p(f"Baseline: {', '.join(r.baseline.metas)} ({r.compare})")
-    doc.p("Command:")
     doc.code(r.command or "(not given)")
-    doc.p(f"Generated {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}. Throughput cells are "
-          f"medians of img/s over ok, non-noisy trials of the same spec (repeats pooled); noisy, failed and "
-          f"infeasible trials are listed under Problems and never mixed in. Devices name their hardware (and "
-          f"the thread count on CPU), so different machines are never pooled.")
+    doc.p(f"Generated {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}. The answer first, then "
+          f"the plots and tables behind it, then problems; the environment is last, collapsed.")
+
+
+def differing_fields(env: pd.DataFrame) -> pd.DataFrame:
+    """The rows of environment_by_field worth a reader's eye: environment fields whose value is not the same
+    for every run (or that hold several values within one run, e.g. two hosts). Counts and start times always
+    differ between runs and are not hardware or software, so they stay in the collapsed table."""
+    rows = env[env["field"].isin(ENV_FIELDS)]
+    values = rows.drop(columns="field")
+    varies = [len({v for v in row if not _missing(v)}) > 1 or any("; " in str(v) for v in row if not _missing(v))
+              for row in values.itertuples(index=False)]
+    return rows[varies].reset_index(drop=True)
 
 
 def _environment(doc: Doc, r: Report):
     doc.h(2, "Environment")
-    doc.p("A row per field, a column per run (several values of one run are joined with '; ').")
-    doc.table(r.tables["environment"])
+    env = r.tables["environment"]
+    differs = differing_fields(env)
+    if len(differs):
+        doc.p(f"Fields that differ between runs ({len(differs)}): numbers compare only where these agree.")
+        doc.table(differs)
+    else:
+        doc.p("No environment field differs between the runs" if env.shape[1] > 2 else
+              "One run: nothing to differ. Its environment is below.")
+    inner = Doc()
+    inner.p("A row per field, a column per run (several values of one run are joined with '; ').")
+    inner.table(env)
+    doc.details(f"All {len(env)} fields, every run", inner)
 
 
 def _compare(doc: Doc, r: Report):
@@ -187,14 +209,17 @@ def _problems(doc: Doc, r: Report):
 def _throughput(doc: Doc, r: Report):
     doc.h(2, "Throughput (img/s, median)")
     _plot(doc, r, "throughput_vs_hidden")
-    doc.p("A blank cell: no ok, non-noisy trial of that spec (see Problems).")
+    doc.p("The plot draws every cell, noisy ones hollow with their spread. The tables: medians of img/s over ok, "
+          "non-noisy trials of the same spec (repeats pooled); a blank cell has none (see Problems). Devices "
+          "name their hardware (and the thread count on CPU), so different machines are never pooled.")
     _split(doc, r.tables["throughput"], PIVOT_GROUP)
 
 
 def _speedup(doc: Doc, r: Report):
     doc.h(2, "Speedup of cudnn over naive and lstmcell")
     doc.p("Ratios of the median img/s of matching specs (same seq, patch, hidden, layers, batch, dtype, "
-          "bidirectional, mode, device).")
+          "bidirectional, mode, device). The heatmap draws every pair, hatched where a side is noisy; the table "
+          "holds the non-noisy pairs.")
     _plot(doc, r, "speedup_cudnn_over_naive")
     doc.table(r.tables["speedup"])
 
@@ -227,8 +252,11 @@ def _footer(doc: Doc, r: Report):
     doc.p("Every table is also in tables/<name>.csv: " + ", ".join(f"{n}.csv" for n in r.tables) + ".")
 
 
-SECTIONS = (_header, _environment, _compare, _problems, _throughput, _speedup, gap.section, _layer_scaling,
-            _gflops, _accuracy, _kernels, _footer)
+# The answer first (headline, then a comparison when asked for), the plots and tables behind it, then what
+# went wrong, and the environment last: a reader looking for "which is fastest" should not scroll past 30
+# rows of versions to find it.
+SECTIONS = (_header, headline.section, _compare, _throughput, _speedup, gap.section, _layer_scaling, _gflops,
+            _accuracy, _kernels, _problems, _environment, _footer)
 
 
 def document(report: Report) -> Doc:

@@ -7,12 +7,13 @@ e.g. "first 24 of 30 panels"), or returns None and writes nothing when there is 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .frame import _i, _missing, _obj, _seq_rank, prepare
+from .frame import _i, _impl_columns, _missing, _obj, _seq_rank, prepare
 from .tables import PIVOT_GROUP, PIVOT_INDEX, group_title
 
 
@@ -37,49 +38,98 @@ IMPL_COLORS = {"cudnn": "tab:blue", "naive": "tab:orange", "lstmcell": "tab:gree
 MAX_PANELS = 24
 
 
-def plot_throughput(table: pd.DataFrame, path: Path) -> str | None:
-    """img/s vs hidden size, a line per impl (and per num_layers: solid, dashed, ...), log y; a panel per
-    PIVOT_GROUP. Returns a note (e.g. panels left out) or None; writes nothing without data."""
-    impls = [c for c in table.columns if c not in PIVOT_INDEX]
-    if table.empty or not impls:
+NOISY_NOTE = "hollow, on dotted bars"
+
+
+def throughput_figure(cells: pd.DataFrame):
+    """The throughput plot as a Figure (see plot_throughput), with `drawn` and `noisy` set on it: how many
+    cells got a marker, and how many of those hollow. None without data."""
+    if cells.empty or "impl" not in cells.columns:
         return None
-    from matplotlib.ticker import NullLocator
-    groups = list(table.groupby(PIVOT_GROUP, dropna=False, sort=False))
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+    impls = _impl_columns(cells["impl"].unique())
+    groups = list(cells.groupby(PIVOT_GROUP, dropna=False, sort=False))
     shown = groups[:MAX_PANELS]
-    fig = _figure(4.2 * min(3, len(shown)), 3.2 * math.ceil(len(shown) / 3))
+    ncols = min(4, len(shown))                  # four across: a 2x2 suite fits one screen's width
+    fig = _figure(3.5 * ncols, 2.9 * math.ceil(len(shown) / ncols))
+    fig.drawn = fig.noisy = 0
     styles = ["-", "--", ":", "-."]
-    for ax, (key, g) in zip(_grid(fig, len(shown), 3), shown):
+    for ax, (key, g) in zip(_grid(fig, len(shown), ncols), shown):
         layers = sorted(g["num_layers"].dropna().unique())
         for impl in impls:
+            color = IMPL_COLORS.get(impl)
             for j, n in enumerate(layers):
-                s = g[g["num_layers"] == n][["hidden_size", impl]].dropna().sort_values("hidden_size")
+                s = g[(g["num_layers"] == n) & (g["impl"] == impl)].sort_values("hidden_size")
                 if s.empty:
                     continue
-                ax.plot(s["hidden_size"].astype(float), s[impl], styles[j % 4], marker="o", ms=3,
-                        color=IMPL_COLORS.get(impl), label=f"{impl} L{int(n)}")
+                x, y = s["hidden_size"].astype(float).to_numpy(), s["img_per_s"].astype(float).to_numpy()
+                half = np.nan_to_num(s["img_per_s_iqr"].astype(float).to_numpy() / 2)
+                noisy = s["noisy"].astype(bool).to_numpy()
+                ax.plot(x, y, styles[j % 4], color=color, lw=1, label=f"{impl} L{int(n)}")
+                for mask, face, ls in ((~noisy, color, "-"), (noisy, "white", ":")):
+                    if mask.any():
+                        low = np.minimum(half[mask], 0.9 * y[mask])      # a log axis has no room below 0
+                        bars = ax.errorbar(x[mask], y[mask], yerr=[low, half[mask]], fmt="o", ms=5, color=color,
+                                           mfc=face, mec=color, capsize=2, lw=1, gid="noisy" if ls == ":" else
+                                           "clean")
+                        bars[2][0].set_linestyle(ls)
+                fig.drawn += len(s)
+                fig.noisy += int(noisy.sum())
         ax.set_xscale("log", base=2)
         hs = sorted(int(h) for h in g["hidden_size"].dropna().unique())
         ax.set_xticks(hs, [str(h) for h in hs])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_yscale("log")
-        ax.set_xlabel("hidden size")
-        ax.set_ylabel("img/s")
-        ax.set_title(group_title(dict(zip(PIVOT_GROUP, key))), fontsize=8)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.set_xlabel("hidden size", fontsize=8)
+        ax.set_ylabel("img/s", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title(textwrap.fill(group_title(dict(zip(PIVOT_GROUP, key))), 48), fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6)
+        handles, _ = ax.get_legend_handles_labels()
+        if cells["noisy"].astype(bool).any():
+            handles.append(Line2D([], [], ls="none", marker="o", ms=5, mfc="white", mec="gray", label="noisy"))
+        ax.legend(handles=handles, fontsize=6)
+    return fig
+
+
+def plot_throughput(cells: pd.DataFrame, path: Path) -> str | None:
+    """img/s vs hidden size, a line per impl (and per num_layers: solid, dashed, ...), log y; a panel per
+    PIVOT_GROUP. Every cell of tables.throughput_cells is drawn: a bar of median +- IQR/2 of its per-block
+    img/s, and a noisy cell hollow (its bar dotted), so a reader sees the number and how far to trust it
+    instead of a hole. Returns a note (cells drawn, panels left out) or None; writes nothing without data."""
+    fig = throughput_figure(cells)
+    if fig is None:
+        return None
     fig.savefig(path)
-    return f"first {MAX_PANELS} of {len(groups)} panels" if len(groups) > MAX_PANELS else ""
+    groups = cells.groupby(PIVOT_GROUP, dropna=False, sort=False).ngroups
+    notes = [f"{fig.drawn} cells drawn" + (f", {fig.noisy} noisy ({NOISY_NOTE})" if fig.noisy else "")]
+    if groups > MAX_PANELS:
+        notes.append(f"first {MAX_PANELS} of {groups} panels")
+    return "; ".join(notes)
 
 
-def plot_speedup_heatmap(table: pd.DataFrame, path: Path, other: str = "naive") -> str | None:
-    """cudnn/<other> as a heatmap over seq (rows) x hidden size (columns); a panel per mode, device, dtype,
-    num_layers (geometric mean over any remaining keys, e.g. batch sizes). Blue: cudnn faster."""
-    col = f"cudnn/{other}"
-    if table.empty or col not in table.columns or table[col].notna().sum() == 0:
+def plot_speedup_heatmap(cells: pd.DataFrame, path: Path, other: str = "naive") -> str | None:
+    """cudnn/<other> as a heatmap over seq (rows) x hidden size (columns) from tables.throughput_cells; a panel
+    per mode, device, dtype, num_layers (geometric mean over any remaining keys, e.g. batch sizes). Blue: cudnn
+    faster. A ratio with a noisy cell on either side is drawn too, hatched and marked "~"."""
+    if cells.empty or not {"cudnn", other} <= set(cells["impl"]):
         return None
     from matplotlib.colors import TwoSlopeNorm
-    d = table[table[col].notna() & (table[col] > 0)].copy()
-    d["log2"] = np.log2(d[col].astype(float))
+    from matplotlib.patches import Rectangle
+    col = f"cudnn/{other}"
+    side = {i: cells[cells["impl"] == i].set_index(PIVOT_INDEX) for i in ("cudnn", other)}
+    both = side["cudnn"].index.intersection(side[other].index)
+    a, b = side["cudnn"].loc[both], side[other].loc[both]
+    d = pd.DataFrame({"ratio": a["img_per_s"].astype(float) / b["img_per_s"].astype(float),
+                      "noisy": a["noisy"].astype(bool) | b["noisy"].astype(bool)}, index=both).reset_index()
+    d = d[d["ratio"].notna() & (d["ratio"] > 0)]
+    if d.empty:
+        return None
+    d["log2"] = np.log2(d["ratio"].astype(float))
     panels = list(d.groupby(["mode", "device", "dtype", "num_layers"], dropna=False, sort=False))[:MAX_PANELS]
     lim = max(1.0, float(d["log2"].abs().max()))
     norm = TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
@@ -88,21 +138,26 @@ def plot_speedup_heatmap(table: pd.DataFrame, path: Path, other: str = "naive") 
     for ax, (key, g) in zip(_grid(fig, len(panels), 2), panels):
         m = g.groupby(["seq", "hidden_size"])["log2"].mean().unstack("hidden_size")
         m = m.loc[sorted(m.index, key=_seq_rank), sorted(m.columns)]
+        rough = g.groupby(["seq", "hidden_size"])["noisy"].any().unstack("hidden_size").reindex_like(m)
         im = ax.imshow(m.to_numpy(dtype=float), cmap="RdBu", norm=norm, aspect="auto")
         ax.set_xticks(range(len(m.columns)), [str(int(h)) for h in m.columns])
         ax.set_yticks(range(len(m.index)), list(m.index))
         ax.set_xlabel("hidden size")
         for (i, j), v in np.ndenumerate(m.to_numpy(dtype=float)):
-            if not math.isnan(v):
-                ax.text(j, i, f"{2 ** v:.1f}x", ha="center", va="center", fontsize=7,
-                        color="white" if abs(v) > 0.6 * lim else "black")
+            if math.isnan(v):
+                continue
+            noisy = bool(rough.iloc[i, j]) if not _missing(rough.iloc[i, j]) else False
+            if noisy:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", lw=0, alpha=0.35))
+            ax.text(j, i, f"{'~' if noisy else ''}{2 ** v:.1f}x", ha="center", va="center", fontsize=7,
+                    color="white" if abs(v) > 0.6 * lim else "black")
         mode, device, dtype, layers = key
         ax.set_title(f"{col} · {mode} · {device} · {dtype} · L{_i(layers)}", fontsize=8)
     if im is not None:
         cb = fig.colorbar(im, ax=fig.axes, shrink=0.8)
         cb.set_label(f"log2({col})")
     fig.savefig(path)
-    return ""
+    return "hatched, ~: a noisy cell on either side" if d["noisy"].any() else ""
 
 
 def plot_accuracy_curves(df: pd.DataFrame, path: Path) -> str | None:

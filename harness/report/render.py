@@ -116,6 +116,16 @@ def _html_img(path: Path, rel: str, caption: str) -> str:
             f"<figcaption>{_esc(caption)}</figcaption></figure>")
 
 
+def _md_details(summary: str, blocks: list) -> str:
+    # GitHub and most markdown viewers render raw <details>; the blank lines let the inner markdown render
+    return f"<details><summary>{_esc(summary)}</summary>\n\n" + "\n\n".join(render(blocks, "markdown")) + \
+        "\n\n</details>"
+
+
+def _html_details(summary: str, blocks: list) -> str:
+    return f"<details><summary>{_esc(summary)}</summary>\n" + "\n".join(render(blocks, "html")) + "\n</details>"
+
+
 # kind: (markdown renderer, HTML renderer), each called with the block's arguments
 BLOCKS = {
     "h": (lambda level, text: "#" * level + " " + text, lambda level, text: f"<h{level}>{_esc(text)}</h{level}>"),
@@ -125,6 +135,7 @@ BLOCKS = {
            lambda items: "<ul>" + "".join(f"<li>{_esc(x)}</li>" for x in items) + "</ul>"),
     "table": (markdown_table, html_table),
     "img": (_md_img, _html_img),
+    "details": (_md_details, _html_details),     # collapsed: a summary line, the inner blocks on a click
 }
 FORMATS = ("markdown", "html")
 
@@ -133,7 +144,7 @@ HTML_HEAD = ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\n<title>{tit
              "table{{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:13px}}"
              "th,td{{border:1px solid #ccc;padding:2px 6px}}th{{background:#f0f0f0}}td.n{{text-align:right}}"
              "tbody tr:nth-child(even){{background:#fafafa}}img{{max-width:100%}}"
-             "pre{{background:#f4f4f4;padding:0.5em;white-space:pre-wrap}}</style>\n</head><body>\n")
+             "pre{{background:#f4f4f4;padding:0.5em;white-space:pre-wrap}}summary{{cursor:pointer;font-weight:bold}}</style>\n</head><body>\n")
 
 
 def render(blocks: list, fmt: str) -> list[str]:
@@ -169,6 +180,10 @@ class Doc:
 
     def img(self, path: Path, rel: str, caption: str):
         self.add("img", path, rel, caption)
+
+    def details(self, summary: str, inner: "Doc"):
+        """`inner`'s blocks, collapsed under `summary` (an HTML <details>, in markdown too)."""
+        self.add("details", summary, inner.blocks)
 
     def markdown(self) -> str:
         return "\n\n".join(render(self.blocks, "markdown")) + "\n"

@@ -42,6 +42,27 @@ def throughput_table(df: pd.DataFrame, metric: str = "img_per_s", include_noisy:
     return _sort(t.reset_index(), PIVOT_INDEX)
 
 
+CELL_COLUMNS = PIVOT_INDEX + ["impl", "img_per_s", "img_per_s_iqr", "noisy", "trials"]
+
+
+def throughput_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Every spec and impl that has an ok train/infer trial, one row each, noisy ones included (what the
+    throughput plot draws): img_per_s and img_per_s_iqr are medians over the cell's non-noisy trials, or over
+    its noisy ones when it has no other, and then `noisy` is true. A noisy cell is drawn, marked, with its
+    spread, rather than dropped: a plot with holes where the machine was busy says less than one that shows
+    the number and how far to trust it."""
+    d = _timing_rows(df, include_noisy=True)
+    if d.empty:
+        return pd.DataFrame(columns=CELL_COLUMNS)
+    rows = []
+    for key, g in d.groupby(PIVOT_INDEX + ["impl"], dropna=False, sort=False):
+        clean = g[~g["noisy"].astype(bool)]
+        use = clean if len(clean) else g
+        rows.append({**dict(zip(PIVOT_INDEX + ["impl"], key)), "img_per_s": use["img_per_s"].median(),
+                     "img_per_s_iqr": use["img_per_s_iqr"].median(), "noisy": clean.empty, "trials": len(g)})
+    return _sort(pd.DataFrame(rows, columns=CELL_COLUMNS), PIVOT_INDEX + ["impl"])
+
+
 def gflops_table(df: pd.DataFrame) -> pd.DataFrame:
     """Achieved GFLOP/s (the LSTM GEMMs' FLOPs per second, gflop_per_s) per spec and impl, medians."""
     return throughput_table(df, metric="gflop_per_s")
