@@ -331,3 +331,121 @@ def test_parquet_only_run(runs, tmp_path):
     out = tmp_path / "out"
     report.build_report([run], out)
     assert (out / "plots" / "accuracy_curves.png").exists()
+
+
+# ---- the answer first --------------------------------------------------------------------------------------
+
+def test_headline_numbers():
+    """Speedups are geometric means of per-spec ratios of median samples; a cell with only noisy trials
+    counts (and is counted), a noisy repeat beside a clean one is left out; ceiling_frac as a percentage."""
+    records = [rec("cudnn", 64, 4000.0, ceiling_frac=0.5), rec("naive", 64, 1000.0, ceiling_frac=0.1),
+               rec("cudnn", 128, 3000.0, ceiling_frac=0.7), rec("naive", 128, 600.0, noisy=True, ceiling_frac=0.2),
+               rec("cudnn", 128, 90000.0, repeat=1, noisy=True),            # diluting nothing: cudnn h128 is clean
+               rec("lstmcell", 64, 800.0), rec("cudnn", 64, 8000.0, mode="infer")]
+    t = report.headline_table(pd.DataFrame(records))
+    assert list(t["mode"]) == ["train", "train"] and set(t["fastest"]) == {"cudnn"}   # infer: one impl, no row
+    naive = t.set_index("other").loc["naive"]
+    assert naive["speedup"] == pytest.approx(math.sqrt(4000 / 1000 * 3000 / 600))
+    assert (naive["min_speedup"], naive["max_speedup"]) == (pytest.approx(4.0), pytest.approx(5.0))
+    assert (naive["specs"], naive["faster_in"], naive["noisy_cells"]) == (2, 2, 1)
+    assert naive["ci_low"] == pytest.approx(naive["speedup"]) == naive["ci_high"]   # every sample alike
+    assert naive["ceiling_pct"] == pytest.approx(60.0) and naive["other_ceiling_pct"] == pytest.approx(15.0)
+    lstm = t.set_index("other").loc["lstmcell"]          # one spec in common
+    assert lstm["speedup"] == pytest.approx(5.0) and lstm["specs"] == 1 and math.isnan(lstm["other_ceiling_pct"])
+    # head to head: an impl that beats every other where they meet is the fastest, whatever its coverage
+    faster = records[:5] + [rec("lstmcell", 64, 5000.0)]
+    assert set(report.headline_table(pd.DataFrame(faster))["fastest"]) == {"lstmcell"}
+    assert report.headline_table(pd.DataFrame([rec("cudnn", 64, 1.0)])).empty
+
+
+def h2s(text: str, html: bool) -> list[str]:
+    pattern = r"<h2>([^<]*)</h2>" if html else r"(?m)^## (.*)$"
+    return re.findall(pattern, text)
+
+
+def test_headline_comes_first_and_environment_last_collapsed(runs, tmp_path):
+    bench, extra = runs
+    out = tmp_path / "report"
+    report.build_report([bench, extra], out)
+    for name, is_html in (("report.md", False), ("report.html", True)):
+        text = (out / name).read_text()
+        heads = h2s(text, is_html)
+        assert heads[0].startswith("Headline"), (name, heads)
+        assert heads[-1] == "Environment" and heads.index("Environment") > \
+            heads.index("Problems: failed, infeasible and noisy trials") > heads.index("Throughput (img/s, median)")
+        env = text[text.index("Environment"):]
+        assert "<details><summary>All" in env and "</details>" in env   # the full table collapsed
+        head = text[:text.index(heads[1])]
+        assert "cudnn is fastest" in head and "4.47x naive" in head   # sqrt(4000/1000 * 3000/600): h128's noisy
+    # the two runs differ in the dataset alone: only it is shown outside the collapsed table
+    md = (out / "report.md").read_text()
+    shown = md[md.index("## Environment"):md.index("<details>", md.index("## Environment"))]
+    assert "dataset" in shown and "gpu_name" not in shown and "torch_version" not in shown
+
+
+def noisy_only_records():
+    return [rec("cudnn", 64, 4000.0), rec("naive", 64, 1000.0), rec("cudnn", 128, 3000.0, noisy=True, iqr=900.0),
+            rec("naive", 128, 600.0)]
+
+
+def test_noisy_cells_are_plotted():
+    cells = report.throughput_cells(pd.DataFrame(noisy_only_records()))
+    assert len(cells) == 4 and list(cells["noisy"]) == [False, False, True, False]
+    assert report.throughput_table(pd.DataFrame(noisy_only_records()))["cudnn"].isna().sum() == 1  # tables: blank
+    fig = report.throughput_figure(cells)
+    assert (fig.drawn, fig.noisy) == (4, 1)
+    (ax,) = fig.axes
+    noisy = [ln for ln in ax.lines if ln.get_gid() == "noisy" and ln.get_marker() == "o"]   # not its caps
+    assert len(noisy) == 1 and list(noisy[0].get_xdata()) == [128.0] and list(noisy[0].get_ydata()) == [3000.0]
+    assert noisy[0].get_markerfacecolor() == "white"                       # hollow
+    # the error bar spans median +- IQR/2
+    segments = [seg for c in ax.collections for seg in c.get_segments() if seg[0][0] == 128.0 and seg[1][0] == 128.0]
+    assert any(sorted((seg[0][1], seg[1][1])) == [2550.0, 3450.0] for seg in segments), segments
+
+
+def test_smoke_report_plots_all_24_cells(tmp_path):
+    run = Path(__file__).resolve().parents[1] / "results/baselines/smoke-cpu/20261129-042952-9503"
+    md = report.build_report([run], tmp_path / "out").read_text()
+    assert "24 cells drawn, 15 noisy" in md
+    cells = pd.read_csv(tmp_path / "out" / "tables" / "throughput_cells.csv")
+    assert len(cells) == 24 and int(cells["noisy"].sum()) == 15
+
+
+def _chromium():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("report_screenshot", Path(__file__).resolve().parents[1]
+                                                  / "scripts" / "report_screenshot.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if mod.find_browser() is None:
+        pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium; make test installs none)")
+    return mod
+
+
+MEASURE = """<script>window.addEventListener("load", () => {
+  const box = e => { const r = e.getBoundingClientRect(); return [r.top, r.bottom, r.width]; };
+  document.body.setAttribute("data-layout", JSON.stringify({
+    headline: box(document.querySelector("h2 ~ table")), plot: box(document.querySelector("figure img")),
+    h2: [...document.querySelectorAll("h2")].map(h => h.textContent)}));
+});</script></body>"""
+
+
+def test_report_renders_in_chromium(tmp_path):
+    """The smoke baseline's report in a real browser at 1400 x 900: the headline table and the throughput plot
+    with all its cells lie on the first screen, and the screenshot is a real picture of it."""
+    shot = _chromium()
+    run = Path(__file__).resolve().parents[1] / "results/baselines/smoke-cpu/20261129-042952-9503"
+    report.build_report([run], tmp_path / "out")
+    page = tmp_path / "out" / "report.html"
+    png = shot.screenshot(page, tmp_path / "report.png", (1400, 900))
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and (int.from_bytes(head[16:20], "big"),
+                                                  int.from_bytes(head[20:24], "big")) == (1400, 900)
+    assert png.stat().st_size > 50_000                  # a rendered page with a plot, not a blank screen
+    measured = tmp_path / "measured.html"
+    measured.write_text(page.read_text().replace("</body>", MEASURE))
+    dom = shot.dump_dom(measured, (1400, 900))
+    layout = json.loads(re.search(r'data-layout="([^"]*)"', dom).group(1).replace("&quot;", '"'))
+    assert layout["h2"][0].startswith("Headline") and layout["h2"][-1] == "Environment"
+    assert 0 < layout["headline"][0] < layout["headline"][1] <= 900, layout
+    assert layout["plot"][1] <= 900 and layout["plot"][2] > 1000, layout   # whole, and not a thumbnail
