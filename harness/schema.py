@@ -3,7 +3,7 @@
 A record is flat JSON: the trial's spec (the fields of Variant, TrainConfig and TrialSpec, whose meanings live
 beside their defaults in spec.py and are read from there), then what the trial measured (declared below). The
 results store checks records against this, the CLI table and the report pick their columns from it, and the
-README's field table is generated from it (`python scripts/schema_table.py --write`; a test keeps them equal).
+docs/record-fields.md's field table is generated from it (`python scripts/schema_table.py --write`; a test keeps them equal).
 
 What crosses from a Ray worker to the driver is a `TrialResult`: the record plus a profile's trace files and
 kernel rows, which the driver's store writes beside the record (never as hidden keys inside it).
@@ -214,7 +214,7 @@ def check_record(record: dict) -> list[str]:
 
 
 def markdown_field_table() -> str:
-    """The README's field table."""
+    """The field table of docs/record-fields.md."""
     lines = ["| field | group | type | unit | meaning |", "|---|---|---|---|---|"]
     for f in all_fields().values():
         lines.append(f"| `{f.name}` | {f.group} | {f.type} | {f.unit} | {f.meaning} |")

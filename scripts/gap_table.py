@@ -1,6 +1,6 @@
-"""The README's close-the-gap table from one run of suites/close-the-gap-cpu.yaml: median img/s per impl (noisy
-trials shown and marked, not dropped: on this 2-core VM most are), and the share of the naive-to-cudnn gap the
-compiled cell closes, (compiled - naive) / (cudnn - naive).
+"""The close-the-gap table of docs/closing-the-gap.md from one run of suites/close-the-gap-cpu.yaml: median img/s
+per impl (noisy trials shown and marked, not dropped: on this 2-core VM most are), and the share of the
+naive-to-cudnn gap the compiled cell closes, (compiled - naive) / (cudnn - naive).
 
     .venv/bin/python scripts/gap_table.py results/close-the-gap-cpu/RUN_ID
 
