@@ -95,8 +95,11 @@ def _trial_task(spec_flat: dict, arrays, clock, limit_s: float, ceilings: dict, 
             except Exception:
                 rec["co_tenants"] = None
         return result
-    finally:
-        clock.done.remote(tid, node)
+    finally:  # awaited: the node's slot is freed only once the interval is closed (else the next trial counts it)
+        try:
+            ray.get(clock.done.remote(tid, node), timeout=10)
+        except Exception:  # a clock that cannot answer costs co-tenant counts, not the trial
+            pass
 
 
 def _spec_record(spec: TrialSpec, status: str, error: str, **fields) -> dict:
