@@ -37,11 +37,9 @@ class TrialClock:
         return self.epoch, self.events[0 if epoch not in (None, self.epoch) else seq:]
 
     def done(self, trial_id: str, node_id: str) -> None:
+        """The worker's own report of its ending (start keeps one open interval per trial, so ended closes it)."""
         now = time.time()
-        for iv in reversed(self.intervals.get(node_id, [])):
-            if iv[0] == trial_id and iv[2] is None:
-                iv[2] = now
-                break
+        self.ended(trial_id, now)
         self.intervals[node_id] = [iv for iv in self.intervals.get(node_id, [])
                                    if iv[2] is None or iv[2] > now - HISTORY_S]
 

@@ -184,7 +184,8 @@ class Submitter:
             return []
         self.polled_at = time.time()
         try:
-            self.deadlines.absorb(*ray.get(self.clock.events_since.remote(self.deadlines.seen, self.deadlines.epoch), timeout=2))
+            since = self.clock.events_since.remote(self.deadlines.seen, self.deadlines.epoch)
+            self.deadlines.absorb(*ray.get(since, timeout=2))
         except Exception:
             pass
         late = self.deadlines.overdue()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 from pathlib import Path
 
@@ -61,23 +62,19 @@ def set_precision(dtype: str) -> dict:
     return {"tf32_cudnn": torch.backends.cudnn.allow_tf32, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
 
 
-_CPU_BF16_LSTM: list = []  # the probe's answer, once per process
-
-
+@functools.cache  # the probe's answer, once per process
 def cpu_bf16_lstm_error() -> str | None:
     """Why this CPU cannot run nn.LSTM under bfloat16 autocast, or None. oneDNN builds its bf16 LSTM primitive
     only where the CPU has the instructions for it; elsewhere the first forward raises "could not create a
     primitive descriptor" (seen on an AMD EPYC VM with AVX2 and no AVX-512). Only nn.LSTM (impl cudnn) uses that
     primitive; the loops' matmuls run in bf16 anywhere. A two-step LSTM answers it."""
-    if not _CPU_BF16_LSTM:
-        try:
-            with torch.autocast("cpu", torch.bfloat16):
-                nn.LSTM(4, 4)(torch.zeros(2, 1, 4))
-            _CPU_BF16_LSTM.append(None)
-        except RuntimeError as exc:
-            _CPU_BF16_LSTM.append(f"bfloat16 on this CPU: oneDNN has no bf16 LSTM primitive for it "
-                                  f"({str(exc).splitlines()[0][:120]}); use dtype float32 here")
-    return _CPU_BF16_LSTM[0]
+    try:
+        with torch.autocast("cpu", torch.bfloat16):
+            nn.LSTM(4, 4)(torch.zeros(2, 1, 4))
+        return None
+    except RuntimeError as exc:
+        return (f"bfloat16 on this CPU: oneDNN has no bf16 LSTM primitive for it "
+                f"({str(exc).splitlines()[0][:120]}); use dtype float32 here")
 
 
 def autocast(spec, device: torch.device):

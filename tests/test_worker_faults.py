@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
 from harness.cluster import connect, run_suite  # noqa: E402
-from harness.store import read_jsonl  # noqa: E402
+from harness.store import latest_by_trial, read_jsonl  # noqa: E402
 from harness.suites import load_suite  # noqa: E402
 from conftest import sweep_counts  # noqa: E402
 
@@ -85,7 +85,7 @@ def test_worker_killed_mid_trial_is_retried_and_ends_ok_exactly_once(tmp_path, e
     assert out.ok == 4 and out.failed == 0
     records, _ = read_jsonl(out.run_dir / "trials.jsonl")
     # one execution, though a drifted node's records are appended again (flag_drifted_nodes): the latest wins
-    victim = [r for r in records if r["trial_id"] == found["trial_id"]][-1]
+    victim = latest_by_trial(records)[found["trial_id"]]
     assert victim["status"] == "ok" and victim["worker_pid"] != found["pid"], "the retry ran in a new worker"
 
 
