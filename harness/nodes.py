@@ -72,23 +72,60 @@ def _probe_task(kinds: list[str], threads: int | None, seconds: float) -> dict:
     return {kind: probe_node(kind, threads, seconds=seconds) for kind in kinds}
 
 
-def probe_nodes(nodes: list[dict], threads: int | None, seconds: float = 1.0) -> dict[str, dict]:
+PROBE_TIMEOUT_S = 120.0  # for all of a run's start (or end) probes together, not per node
+
+
+def probe_requests(nodes: list[dict], threads: int | None) -> dict[str, dict]:
+    """node_id -> what its probe task asks for (kinds, num_cpus, num_gpus). A node with less than one CPU (a
+    KubeRay or launcher head started with 0 CPUs) gets none: no trial can run there, and a task pinned to it
+    could never start (it would hold the run for the whole timeout at its start and at its end)."""
+    out = {}
+    for n in nodes:
+        res = n["resources"]
+        if res.get("CPU", 0) < 1:
+            continue
+        kinds = ["cpu"] + (["cuda"] if res.get("GPU", 0) >= 1 else [])
+        out[n["node_id"]] = {"kinds": kinds, "num_cpus": min(threads or 1, res["CPU"]),
+                             "num_gpus": 1 if "cuda" in kinds else 0}
+    return out
+
+
+def probe_nodes(nodes: list[dict], threads: int | None, seconds: float = 1.0,
+                timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, dict]:
     """node_id -> {device kind: {precision: {"gflop_per_s", "spread", "n"}}}: the fixed GEMM probe run on every
-    alive node at once, each as a Ray task pinned to its node (CPU at the trials' thread count; CUDA on one GPU
-    when the node has one). A node whose probe fails is left out: its trials probe their own process."""
+    alive node that can run trials (probe_requests), all at once, each as a Ray task pinned to its node (CPU at
+    the trials' thread count; CUDA on one GPU when the node has one). A node whose probe fails or is not done
+    within `timeout_s` of the submit is left out (its trials probe their own process), and an unfinished probe is
+    cancelled (force: its worker killed), so it cannot run its GEMM later beside a timed trial."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     refs = {}
-    for n in nodes:
-        res = n["resources"]
-        kinds = ["cpu"] + (["cuda"] if res.get("GPU", 0) >= 1 else [])
-        refs[n["node_id"]] = ray.remote(_probe_task).options(
-            num_cpus=min(threads or 1, res.get("CPU", 1)), num_gpus=1 if "cuda" in kinds else 0, max_retries=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["node_id"], soft=False)).remote(kinds, threads, seconds)
-    out = {}
-    for node_id, ref in refs.items():
+    for node_id, req in probe_requests(nodes, threads).items():
+        refs[node_id] = ray.remote(_probe_task).options(
+            num_cpus=req["num_cpus"], num_gpus=req["num_gpus"], max_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(
+            req["kinds"], threads, seconds)
+    return gather_probes(refs, timeout_s)
+
+
+def gather_probes(refs: dict, timeout_s: float) -> dict[str, dict]:
+    """The results of the probe tasks `refs` (node_id -> ObjectRef) done within one shared `timeout_s`; the
+    others cancelled."""
+    import ray
+    if not refs:
+        return {}
+    ready, late = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    for ref in late:
         try:
-            out[node_id] = ray.get(ref, timeout=120)
-        except Exception:  # a node that cannot probe (lost, busy past the timeout) is not a reason to stop
+            ray.cancel(ref, force=True)
+        except Exception:  # already gone with its node: nothing left to stop
+            pass
+    out, done = {}, set(ready)
+    for node_id, ref in refs.items():
+        if ref not in done:
+            continue
+        try:
+            out[node_id] = ray.get(ref, timeout=10)
+        except Exception:  # a node that cannot probe (lost, failed) is not a reason to stop
             pass
     return out

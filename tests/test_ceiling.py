@@ -116,3 +116,51 @@ def test_cuda_probe_tf32_and_float32():
     node = ceiling.probe_node("cuda", None, seconds=0.2)
     assert set(node) == {"float32", "tf32", "bfloat16"}
     assert node["bfloat16"]["gflop_per_s"] > node["float32"]["gflop_per_s"]
+
+
+class FakeRay:
+    """Stands in for ray's remote/wait/get/cancel in probe_nodes: records each probe task's options; the refs
+    named in `late` never finish."""
+
+    def __init__(self, late=()):
+        self.submitted, self.cancelled, self.waits, self.late = {}, [], [], set(late)
+
+    def remote(self, fn):
+        fake = self
+
+        class Task:
+            def options(self, **kw):
+                node = kw["scheduling_strategy"].node_id
+                return type("Opt", (), {"remote": lambda _, *a: fake.submitted.setdefault(node, kw) and node})()
+        return Task()
+
+    def wait(self, refs, num_returns=1, timeout=None, **_):
+        self.waits.append(timeout)
+        return [r for r in refs if r not in self.late], [r for r in refs if r in self.late]
+
+    def get(self, ref, timeout=None):
+        if ref in self.late:
+            raise TimeoutError(ref)
+        return {"cpu": {"float32": {"gflop_per_s": 1.0, "spread": 0.0, "n": 1024}}}
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append(ref)
+
+
+def test_a_zero_cpu_head_gets_no_probe_and_late_probes_are_cancelled(monkeypatch):
+    import ray
+
+    from harness import nodes
+    ID = {k: c * 56 for k, c in zip(("head", "zero", "gpu", "busy"), "abcd")}  # node ids are 28 bytes, hex
+    fake = FakeRay(late={ID["busy"]})
+    for name in ("remote", "wait", "get", "cancel"):
+        monkeypatch.setattr(ray, name, getattr(fake, name))
+    cluster = [{"node_id": ID["head"], "node_ip": "h", "resources": {"memory": 1e9}},  # a 0-CPU head: no CPU key
+               {"node_id": ID["zero"], "node_ip": "z", "resources": {"CPU": 0.0}},
+               {"node_id": ID["gpu"], "node_ip": "g", "resources": {"CPU": 8.0, "GPU": 1.0}},
+               {"node_id": ID["busy"], "node_ip": "b", "resources": {"CPU": 2.0}}]
+    out = nodes.probe_nodes(cluster, threads=2, seconds=0.1, timeout_s=7)
+    assert set(fake.submitted) == {ID["gpu"], ID["busy"]}  # nothing pinned where no task can start
+    assert fake.submitted[ID["gpu"]]["num_gpus"] == 1 and fake.submitted[ID["busy"]]["num_cpus"] == 2
+    assert set(out) == {ID["gpu"]} and fake.cancelled == [ID["busy"]]  # the unfinished probe is stopped, not left queued
+    assert fake.waits[:1] == [7]  # one shared timeout for all nodes, not one per node
