@@ -341,8 +341,16 @@ def run_suite(suite: Suite, *, out_dir: str | Path = "results", address: str | N
               hang_grace_s: float = HANG_GRACE_S, hooks: Hooks | None = None) -> RunOutcome:
     """Run every trial of `suite` not already ok in this run (see the module doc). A trial still running
     `hang_grace_s` + 2 x its max budget after it started is cancelled and recorded as status=timeout."""
-    hooks = hooks or Hooks()
-    p = plan(suite, out_dir, resume)
+    p = plan(suite, out_dir, resume)  # takes the run directory's driver lock (runlock.py): one driver per run
+    try:
+        return _sweep(p, suite, address, data_root, allow_unofficial, download, skip_infeasible, progress,
+                      num_cpus, max_retries, hang_grace_s, hooks or Hooks())
+    finally:
+        p.lock.release(remove_if_unused=resume is None)
+
+
+def _sweep(p: Plan, suite: Suite, address, data_root, allow_unofficial, download, skip_infeasible, progress,
+           num_cpus, max_retries, hang_grace_s, hooks: Hooks) -> RunOutcome:
     connect(address, num_cpus=num_cpus)  # first: it sets up the environment Ray reads on import
     import ray
     nodes = cluster_nodes()

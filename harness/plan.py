@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import HarnessError
 from .nodes import TIMING_SLOT, describe_resources, fits
+from .runlock import RunLock, lock_run_dir
 from .spec import DEFAULT_TIMING_BUDGET_S, TrialSpec
 from .store import RunStore, latest_by_trial, new_run_id, read_jsonl
 from .suites import LABEL_FIELDS, Suite, _item
@@ -62,6 +63,7 @@ class Plan:
     runnable: list[TrialSpec] = field(default_factory=list)
     infeasible: list[TrialSpec] = field(default_factory=list)
     requests: dict[str, dict] = field(default_factory=dict)
+    lock: RunLock | None = None  # this driver's lock on run_dir (runlock.py), held until the run ends
 
 
 def plan(suite: Suite, out_dir: str | Path, resume: str | None) -> Plan:
@@ -69,12 +71,21 @@ def plan(suite: Suite, out_dir: str | Path, resume: str | None) -> Plan:
     and the trials not already ok in it."""
     run_id = resume or new_run_id()
     run_dir = Path(out_dir) / suite.name / run_id
+    if resume and not run_dir.is_dir():
+        raise HarnessError(f"--resume {resume}: no run directory {run_dir}")
+    lock = lock_run_dir(run_dir)  # before anything is read: a live driver's run is not resumed under it
+    try:
+        return _plan(suite, run_dir, resume, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _plan(suite: Suite, run_dir: Path, resume: str | None, lock: RunLock) -> Plan:
     store = RunStore(run_dir)
     meta = store.read_meta() if resume else {}
     overrides = getattr(suite, "overrides", {}) or {}
     if resume:
-        if not run_dir.is_dir():
-            raise HarnessError(f"--resume {resume}: no run directory {run_dir}")
         if meta.get("suite_sha256") and meta["suite_sha256"] != suite.sha256:
             raise HarnessError(f"--resume {resume}: that run was made from a different suite file "
                                f"({meta.get('suite_path')}, sha256 {meta['suite_sha256'][:12]}) than {suite.path} "
@@ -90,7 +101,7 @@ def plan(suite: Suite, out_dir: str | Path, resume: str | None) -> Plan:
     done_before = {tid for tid, r in latest_by_trial(read_jsonl(store.trials_path)[0]).items()
                    if r.get("status") == "ok"}
     todo = [s for s in suite.trials if s.trial_id not in done_before]
-    return Plan(suite, run_dir, store, meta, done_before, todo)
+    return Plan(suite, run_dir, store, meta, done_before, todo, lock=lock)
 
 
 def _show_overrides(overrides) -> str:
