@@ -7,9 +7,9 @@ import argparse
 import json
 import math
 import os
+import shlex
 import signal
 import sys
-
 from typing import TYPE_CHECKING
 
 from .errors import HarnessError
@@ -233,7 +233,6 @@ def cmd_validate(a) -> int:
 
 
 def cmd_run(a) -> int:
-    import shlex
     from .plan import format_plan
     if a.num_cpus is not None and not 1 <= a.num_cpus <= MAX_NUM_CPUS:
         raise HarnessError(f"run: --num-cpus must be in 1..{MAX_NUM_CPUS}, got {a.num_cpus}")
@@ -263,15 +262,17 @@ def cmd_run(a) -> int:
           f"{f', {outcome.skipped} already ok before resume' if outcome.skipped else ''} -> {outcome.run_dir}")
     if outcome.failed:
         print(f"rerun the failed trials with: {resume_cmd}", file=sys.stderr)
-    if a.report:
-        md = write_report([outcome.run_dir], outcome.run_dir / "report",
-                          argv=["report", str(outcome.run_dir)])
-        print(f"report: {md} (and report.html, tables/*.csv, plots/*.png beside it)")
+    if a.report:  # the sweep's outcome stands whatever its report does: one that cannot be written is a warning
+        try:
+            md = write_report([outcome.run_dir], outcome.run_dir / "report", argv=["report", str(outcome.run_dir)])
+            print(f"report: {md} (and report.html, tables/*.csv, plots/*.png beside it)")
+        except Exception as exc:  # a full disk (HarnessError), or a bug in the report: not the sweep's failure
+            print(f"lstm-bench: warning: no report written ({' '.join(str(exc).split()) or type(exc).__name__}); "
+                  f"write it later with: lstm-bench report {outcome.run_dir}", file=sys.stderr)
     return 0 if outcome.failed == 0 else EXIT_FAILED
 
 
 def write_report(run_dirs: list, out, compare=None, argv=None) -> "Path":
-    import shlex
     from pathlib import Path
     from .report import build_report
     command = "lstm-bench " + " ".join(shlex.quote(x) for x in (argv or []))

@@ -87,11 +87,12 @@ class RunStore:
     def open(self) -> "RunStore":
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.trials_path, "a+", encoding="utf-8")
-            if self._fh.tell() > 0:  # a crash may have torn the last line: end it, so new records stand alone
-                self._fh.seek(self._fh.tell() - 1)
-                if self._fh.read(1) != "\n":
-                    self._fh.write("\n")
+            with open(self.trials_path, "ab+") as fh:  # bytes: a torn line may end inside a UTF-8 character
+                if fh.tell() > 0:  # a crash may have torn the last line: end it, so new records stand alone
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        fh.write(b"\n")
+            self._fh = open(self.trials_path, "a", encoding="utf-8")
         except OSError as exc:
             raise HarnessError(f"cannot write results to {self.dir}: {exc.strerror or exc}") from None
         return self
@@ -163,21 +164,25 @@ class RunStore:
 
 
 def read_jsonl(path: Path) -> tuple[list[dict], int]:
-    """Every intact record of a trials.jsonl, and how many lines were torn or unreadable."""
+    """Every intact record of a trials.jsonl, and how many lines were torn or unreadable. A line is a record only
+    when it is valid UTF-8 and JSON, an object, with a non-empty string trial_id; any other line is counted here
+    and skipped (a torn write, a foreign or hand-edited line), never passed on to fail later."""
     records, bad = [], 0
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         return [], 0
-    for line in text.splitlines():
+    except OSError as exc:
+        raise HarnessError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for line in data.split(b"\n"):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except ValueError:
+            rec = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
             bad += 1
             continue
-        if isinstance(rec, dict) and "trial_id" in rec:
+        if isinstance(rec, dict) and isinstance(rec.get("trial_id"), str) and rec["trial_id"]:
             records.append(rec)
         else:
             bad += 1

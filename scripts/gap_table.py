@@ -5,15 +5,22 @@ naive-to-cudnn gap the compiled cell closes, (compiled - naive) / (cudnn - naive
     .venv/bin/python scripts/gap_table.py results/close-the-gap-cpu/RUN_ID
 
 The report's own gap table (`lstm-bench report RUN`, tables/gap.csv) uses only trials that are not noisy.
+Lines of trials.jsonl that are torn or not records are skipped (and counted on stderr), and the latest record
+of a trial wins, as everywhere else (harness.store).
 """
-import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.store import latest_by_trial, read_jsonl  # noqa: E402
+
 
 def main(run: Path) -> None:
-    rows = {(r["hidden_size"], r["mode"], r["impl"]): r
-            for r in map(json.loads, (run / "trials.jsonl").read_text().splitlines())}
+    records, bad = read_jsonl(run / "trials.jsonl")
+    if bad:
+        print(f"gap_table: skipped {bad} unreadable line(s) of {run / 'trials.jsonl'}", file=sys.stderr)
+    rows = {(r["hidden_size"], r["mode"], r["impl"]): r for r in latest_by_trial(records).values()
+            if r.get("status") == "ok"}
 
     def cell(r):
         return f"{r['img_per_s']:,.0f}{' (noisy)' if r['noisy'] else ''}"

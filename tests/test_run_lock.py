@@ -44,6 +44,7 @@ def test_a_second_driver_on_a_live_run_is_refused_in_one_line(tmp_path, capsys, 
     first = holder(run_dir, tmp_path / "go", "stdin")
     assert first.stdout.readline().strip() == "got"
     from harness import cluster
+    monkeypatch.setattr("signal.signal", lambda *a: None)  # cmd_run's handlers: not this test process's
     monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("a refused driver must not reach Ray"))
     try:
         code = cli.main(["run", str(ROOT / "suites" / "smoke.yaml"), "--resume", run_dir.name,

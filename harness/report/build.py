@@ -4,6 +4,7 @@ the same table as the report's compare section) and `lstm-bench history` (a page
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import sys
@@ -69,21 +70,28 @@ def build_report(run_dirs, out_dir, compare=None, command: str | None = None) ->
     baseline = load_runs([Path(compare)]) if compare is not None else None
     comparison = compare_runs(runs.records, baseline.records) if baseline is not None else None
     tables = compute_tables(runs, baseline, comparison)
-    try:
+    with writing("the report", out_dir):
         (out_dir / "tables").mkdir(parents=True, exist_ok=True)
         (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HarnessError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
-    _write_tables(out_dir / "tables", tables)
-    report = Report(runs=runs, baseline=baseline, compare=compare, command=command, tables=tables,
-                    plots=_write_plots(out_dir / "plots", runs, tables),
-                    per_run=environment_table(runs.records, runs.metas), comparison=comparison)
-    doc = document(report)
-    md_path = out_dir / "report.md"
-    md_path.write_text(doc.markdown(), encoding="utf-8")
-    (out_dir / "report.html").write_text(doc.html("lstm-bench report: " + ", ".join(runs.metas)),
-                                         encoding="utf-8")
+        _write_tables(out_dir / "tables", tables)
+        report = Report(runs=runs, baseline=baseline, compare=compare, command=command, tables=tables,
+                        plots=_write_plots(out_dir / "plots", runs, tables),
+                        per_run=environment_table(runs.records, runs.metas), comparison=comparison)
+        doc = document(report)
+        md_path = out_dir / "report.md"
+        md_path.write_text(doc.markdown(), encoding="utf-8")
+        (out_dir / "report.html").write_text(doc.html("lstm-bench report: " + ", ".join(runs.metas)),
+                                             encoding="utf-8")
     return md_path
+
+
+@contextlib.contextmanager
+def writing(what: str, out_dir: Path):
+    """A folder that cannot be written (full, read-only, a file in the way) ends in one line naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise HarnessError(f"cannot write {what} to {out_dir}: {exc.strerror or exc}") from None
 
 
 def _write_tables(folder: Path, tables: dict[str, pd.DataFrame]):
@@ -350,41 +358,40 @@ def build_history(results_dir, out_dir, suite: str | None = None, command: str |
     history.csv (every run's train/infer trials as one table). Returns index.md's path."""
     h = load_history(results_dir, suite)
     out_dir = Path(out_dir)
-    try:
+    with writing("the history", out_dir):
         (out_dir / "plots").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HarnessError(f"cannot write the history to {out_dir}: {exc.strerror or exc}") from None
-    index = Doc()
-    index.h(1, f"lstm-bench history of {results_dir}")
-    index.code(command or "(not given)")
-    if h.skipped:
-        index.p("Runs that could not be read: " + "; ".join(h.skipped))
-    lines = []
-    for name, runs in h.runs.groupby("suite", sort=True):
-        recs = h.records[h.records["suite"] == name]
-        series = series_table(recs)
-        stem = file_stem(name)
-        note = plot_history(recs, series, runs, out_dir / "plots" / f"{stem}.png")
-        page = Doc()
-        page.h(1, f"History of suite {name}: {len(runs)} runs")
-        page.p(f"img/s of each spec over runs in start order (x: start time and code_version), a line per hardware "
-               f"fingerprint, noisy runs hollow and left out of the change-point search. Change points "
-               f"(dashed red): binary segmentation of log img/s, a split kept when the medians either side differ "
-               f"by >= {MIN_SHIFT:.0%} and a permutation test of the best split's t gives p <= {H_ALPHA:g}.")
-        if note is not None:
-            page.img(out_dir / "plots" / f"{stem}.png", f"plots/{stem}.png",
-                     "img/s over runs" + (f"; {note}" if note else ""))
-        page.table(series.drop(columns="_change_runs"))
-        page.h(2, "Runs")
-        page.table(runs.drop(columns="suite"))
-        (out_dir / f"{stem}.md").write_text(page.markdown(), encoding="utf-8")
-        (out_dir / f"{stem}.html").write_text(page.html(f"history: {name}"), encoding="utf-8")
-        changed = int(series["_change_runs"].map(bool).sum())
-        lines.append(f"{name}: {len(runs)} runs, {len(series)} lines, {changed} with change points: {stem}.md, "
-                     f"{stem}.html")
-    index.items(lines)
-    nested = [c for c in h.records.columns if any(isinstance(v, (list, dict)) for v in h.records[c])]
-    h.records.drop(columns=nested).to_csv(out_dir / "history.csv", index=False)
-    (out_dir / "index.md").write_text(index.markdown(), encoding="utf-8")
-    (out_dir / "index.html").write_text(index.html("lstm-bench history"), encoding="utf-8")
+        index = Doc()
+        index.h(1, f"lstm-bench history of {results_dir}")
+        index.code(command or "(not given)")
+        if h.skipped:
+            index.p("Runs that could not be read: " + "; ".join(h.skipped))
+        lines = []
+        for name, runs in h.runs.groupby("suite", sort=True):
+            recs = h.records[h.records["suite"] == name]
+            series = series_table(recs)
+            stem = file_stem(name)
+            note = plot_history(recs, series, runs, out_dir / "plots" / f"{stem}.png")
+            page = Doc()
+            page.h(1, f"History of suite {name}: {len(runs)} runs")
+            page.p(f"img/s of each spec over runs in start order (x: start time and code_version), a line per "
+                   f"hardware fingerprint, noisy runs hollow and left out of the change-point search. Change "
+                   f"points (dashed red): binary segmentation of log img/s, a split kept when the medians either "
+                   f"side differ by >= {MIN_SHIFT:.0%} and a permutation test of the best split's t gives "
+                   f"p <= {H_ALPHA:g}.")
+            if note is not None:
+                page.img(out_dir / "plots" / f"{stem}.png", f"plots/{stem}.png",
+                         "img/s over runs" + (f"; {note}" if note else ""))
+            page.table(series.drop(columns="_change_runs"))
+            page.h(2, "Runs")
+            page.table(runs.drop(columns="suite"))
+            (out_dir / f"{stem}.md").write_text(page.markdown(), encoding="utf-8")
+            (out_dir / f"{stem}.html").write_text(page.html(f"history: {name}"), encoding="utf-8")
+            changed = int(series["_change_runs"].map(bool).sum())
+            lines.append(f"{name}: {len(runs)} runs, {len(series)} lines, {changed} with change points: {stem}.md, "
+                         f"{stem}.html")
+        index.items(lines)
+        nested = [c for c in h.records.columns if any(isinstance(v, (list, dict)) for v in h.records[c])]
+        h.records.drop(columns=nested).to_csv(out_dir / "history.csv", index=False)
+        (out_dir / "index.md").write_text(index.markdown(), encoding="utf-8")
+        (out_dir / "index.html").write_text(index.html("lstm-bench history"), encoding="utf-8")
     return out_dir / "index.md"
