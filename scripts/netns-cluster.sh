@@ -24,8 +24,10 @@
 # node with TLS_DIR=its folder; `run` and `status` then give the driver in lb-head the head's certificate
 # (RAY_USE_TLS=1 RAY_TLS_SERVER_CERT/_KEY RAY_TLS_CA_CERT), as a driver on the head would have.
 #
-# Environment: RAY_PORT (6379), LB_NETNS_STATE (/tmp/lb-netns: tokens, certificates, logs, Ray temp dirs; keep
-# it short, Ray's unix socket paths live under it), LB_BIN (folder holding `ray` and `lstm-bench`; default: the
+# Environment: RAY_PORT (6379), LB_NETNS_STATE (/run/lb-netns: tokens, certificates, logs, Ray temp dirs; keep
+# it short, Ray's unix socket paths live under it; it must be a real directory owned by the caller (root) with
+# mode 700, or not exist yet: a symlink or a folder someone else made is refused, since root keeps the
+# cluster's token there and deletes what `up` made from it), LB_BIN (folder holding `ray` and `lstm-bench`; default: the
 # repository's .venv/bin, else wherever `ray` is on PATH), LB_NETNS_TIMEOUT (seconds to wait for nodes, 90),
 # LB_TLS (1: TLS, with `up`).
 set -euo pipefail
@@ -38,7 +40,7 @@ HEAD_IP=10.213.77.1
 WORKER_IP=10.213.77.2
 PREFIX=24
 PORT=${RAY_PORT:-6379}
-STATE=${LB_NETNS_STATE:-/tmp/lb-netns}
+STATE=${LB_NETNS_STATE:-/run/lb-netns}  # /run: only root can create there (never a predictable /tmp name)
 TIMEOUT=${LB_NETNS_TIMEOUT:-90}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -66,6 +68,26 @@ find_bin() {
 need_root() {
     [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces): run with sudo"
     command -v ip >/dev/null || die "needs iproute2 (the ip command)"
+}
+
+# The state folder holds the token and is written and cleaned as root: trust it only if it is ours alone.
+check_state() {
+    if [[ -L $STATE ]]; then die "$STATE is a symlink: refusing (LB_NETNS_STATE must be a real directory)"; fi
+    [[ -e $STATE ]] || return 0
+    [[ -d $STATE ]] || die "$STATE exists and is not a directory"
+    local owner mode
+    owner=$(stat -c %u -- "$STATE")
+    mode=$(stat -c %a -- "$STATE")
+    [[ $owner == "$(id -u)" ]] || die "$STATE is owned by uid $owner, not $(id -u): refusing to keep a token there"
+    (( (8#$mode & 8#077) == 0 )) || die "$STATE has mode $mode: it must give no access to group or others (700)"
+}
+
+make_state() {
+    check_state
+    if [[ ! -e $STATE ]]; then
+        mkdir -p -- "$(dirname -- "$STATE")"
+        (umask 077 && mkdir -- "$STATE") || die "cannot create $STATE"  # fails if someone made it meanwhile
+    fi
 }
 
 ns_exists() { [[ -e /run/netns/$1 || -e /var/run/netns/$1 ]]; }
@@ -179,8 +201,7 @@ cmd_up() {
             log "warning: no ping reply from $WORKER_IP; going on"
     fi
 
-    mkdir -p "$STATE"
-    chmod 700 "$STATE"
+    make_state
     (umask 077 && "$BIN/python" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$STATE/auth_token")
     local head_tls=() worker_tls=()
     rm -rf -- "$STATE/tls"
@@ -246,6 +267,7 @@ cmd_status() {
 
 [[ $# -ge 1 ]] || usage
 action=$1; shift
+check_state
 case $action in
     up) cmd_up ;;
     run) cmd_run "$@" ;;

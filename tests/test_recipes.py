@@ -328,3 +328,31 @@ def test_ray_scripts_give_every_node_a_timing_slot(fake_ray):
             assert json.loads(_flag(calls[0]["args"], "--resources")) == want, (script.name, extra, calls[0]["args"])
     r, calls = fake_ray(WORKER_SH, "10.0.0.5", "10.0.0.6", TIMING_SLOT="0")
     assert _flag(calls[0]["args"], "--resources") is None
+
+
+def test_netns_state_folder_must_be_ours_alone(tmp_path):
+    """netns-cluster.sh runs as root and keeps the cluster's token in its state folder: no predictable /tmp
+    default, and a symlink, a group/other-accessible folder or one owned by someone else is refused."""
+    script = ROOT / "scripts" / "netns-cluster.sh"
+    assert "/tmp/lb-netns" not in script.read_text()
+
+    def state(path: Path):  # "bogus": the state check runs first, then the usage line (exit 2)
+        r = subprocess.run(["bash", str(script), "bogus"], env={**os.environ, "LB_NETNS_STATE": str(path)},
+                           capture_output=True, text=True, timeout=20)
+        return r.returncode, r.stderr
+
+    assert state(tmp_path / "new")[0] == 2 and not (tmp_path / "new").exists()  # absent: fine, `up` makes it
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    assert state(ours)[0] == 2
+    (tmp_path / "link").symlink_to(ours)
+    assert state(tmp_path / "link") == (1, f"netns-cluster: {tmp_path / 'link'} is a symlink: refusing "
+                                           f"(LB_NETNS_STATE must be a real directory)\n")
+    ours.chmod(0o755)
+    code, err = state(ours)
+    assert code == 1 and "mode 755" in err
+    if os.geteuid() == 0:
+        ours.chmod(0o700)
+        os.chown(ours, 65534, 65534)
+        code, err = state(ours)
+        assert code == 1 and "owned by uid 65534" in err
