@@ -356,3 +356,15 @@ def test_netns_state_folder_must_be_ours_alone(tmp_path):
         os.chown(ours, 65534, 65534)
         code, err = state(ours)
         assert code == 1 and "owned by uid 65534" in err
+
+
+def test_kuberay_token_never_goes_on_a_command_line():
+    """The header's recipe makes the Secret from a mode-600 file (--from-file), never --from-literal: a token in
+    argv is visible to every local user through ps and lands in shell history."""
+    header = [ln for ln in (ROOT / "scripts" / "cluster" / "kuberay-raycluster.yaml").read_text().splitlines()
+              if ln.startswith("#")]
+    text = "\n".join(header)
+    assert "--from-literal" not in text
+    make = next(ln for ln in header if "secrets.token_hex" in ln)
+    assert "umask 077" in make and "> ~/.ray/lstm-bench-token" in make
+    assert any("kubectl create secret generic lstm-bench-ray-auth --from-file=auth_token=" in ln for ln in header)
