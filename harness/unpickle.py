@@ -4,7 +4,6 @@ integer numpy arrays (and the dicts, lists and bytes around them). Anything else
 
 from __future__ import annotations
 
-import functools
 import io
 import pickle
 
@@ -43,6 +42,29 @@ class _NdarrayToken:
     def __call__(self, *args, **kwargs):
         raise DataError(f"{self.name}: refusing a call of numpy.ndarray in a pickle (arrays come only from "
                         "numpy's _reconstruct)")
+
+    def __setstate__(self, state) -> None:  # BUILD on the global itself
+        raise DataError(f"{self.name}: refusing BUILD on the pickle global numpy.ndarray")
+
+
+class _Global:
+    """What find_class returns for numpy.dtype and _reconstruct: calling it (REDUCE) makes the stand-in; a BUILD
+    on it (which on a functools.partial would reset its function and arguments) is refused, and one left in the
+    result uncalled is refused by _resolve."""
+
+    __slots__ = ("factory", "name", "what")
+
+    def __init__(self, factory, name: str, what: str):
+        self.factory, self.name, self.what = factory, name, what
+
+    def __call__(self, *args):
+        return self.factory(self.name, *args)
+
+    def __setstate__(self, state) -> None:
+        raise DataError(f"{self.name}: refusing BUILD on the pickle global {self.what}")
+
+    def __repr__(self) -> str:
+        return self.what
 
 
 def _short(value) -> str:
@@ -156,9 +178,9 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) in (("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")):
-            return functools.partial(_PickledArray, self.name)
+            return _Global(_PickledArray, self.name, f"{module}._reconstruct")
         if (module, name) == ("numpy", "dtype"):
-            return functools.partial(_PickledDtype, self.name)
+            return _Global(_PickledDtype, self.name, "numpy.dtype")
         if (module, name) == ("numpy", "ndarray"):
             return _NdarrayToken(self.name)
         raise DataError(
@@ -166,12 +188,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         )
 
 
-_STAND_INS = (_PickledArray, _PickledDtype, _NdarrayToken)
+_STAND_INS = (_PickledArray, _PickledDtype, _NdarrayToken, _Global)
 
 
 def _holds_stand_in(value) -> bool:
-    """A numpy stand-in in a dict key or set member (reachable only through tuples: keys must be hashable)."""
-    return isinstance(value, _STAND_INS) or (isinstance(value, tuple) and any(map(_holds_stand_in, value)))
+    """A numpy stand-in in a dict key or set member, at any depth: hashable containers are tuples and frozensets,
+    which may nest each other."""
+    return isinstance(value, _STAND_INS) or (isinstance(value, (tuple, frozenset))
+                                             and any(map(_holds_stand_in, value)))
 
 
 def _resolve(obj, name: str, seen: dict):
@@ -182,9 +206,9 @@ def _resolve(obj, name: str, seen: dict):
         if obj.array is None:
             raise DataError(f"{name}: a numpy array in the pickle was never given its data")
         return obj.array
-    if isinstance(obj, (_PickledDtype, _NdarrayToken)):
-        raise DataError(f"{name}: a bare numpy {'dtype' if isinstance(obj, _PickledDtype) else 'ndarray'} in "
-                        "the pickle (CIFAR-10 batches hold arrays only)")
+    if isinstance(obj, (_PickledDtype, _NdarrayToken, _Global)):
+        what = {_PickledDtype: "dtype", _NdarrayToken: "ndarray", _Global: f"global {obj!r}"}[type(obj)]
+        raise DataError(f"{name}: a bare numpy {what} in the pickle (CIFAR-10 batches hold arrays only)")
     if isinstance(obj, (dict, list)):
         if id(obj) not in seen:
             seen[id(obj)] = obj
