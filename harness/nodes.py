@@ -22,6 +22,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
     """No address: a new embedded Ray on loopback, dashboard off. Otherwise join the cluster at `address`
     (HOST:PORT, 'auto', or ray://HOST:10001 through Ray Client)."""
     if address is None:
+        private_local_token()
         # Without this (read when Ray is imported) Ray 2.60 on Linux replaces node IP 127.0.0.1 with the
         # interface address and its servers listen on every interface; with it everything stays on loopback.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -47,6 +48,31 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HarnessError(f"cannot connect to Ray at {address or 'a new local instance'}: {msg}") from None
     return ray.get_runtime_context()
+
+
+def private_local_token() -> None:
+    """Token auth for the embedded Ray, with a token only this user can read. Ray 2.59+ turns token auth on for
+    a new local cluster when RAY_AUTH_MODE is unset and writes ~/.ray/auth_token if missing, but with the
+    umask's mode (0644 under umask 022: readable by every local user whose home directory lets them in). Here
+    the mode is token unless the caller chose one, and the default token file (when no RAY_AUTH_TOKEN or
+    RAY_AUTH_TOKEN_PATH names another) is made, or narrowed to, mode 600."""
+    import secrets
+    from pathlib import Path
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = Path.home() / ".ray" / "auth_token"
+    try:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return
+    except OSError as exc:
+        raise HarnessError(f"cannot make the embedded Ray's token {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
 
 
 def cluster_nodes() -> list[dict]:

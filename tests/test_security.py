@@ -214,3 +214,31 @@ def test_no_unpickling_in_harness_except_the_restricted_cifar_reader():
     assert not found, found
     src = (HARNESS / "unpickle.py").read_text()
     assert "class RestrictedUnpickler(pickle.Unpickler)" in src and "def find_class" in src
+
+
+def test_embedded_ray_gets_token_auth_with_a_private_token(tmp_path, monkeypatch):
+    """Ray 2.59+ writes ~/.ray/auth_token with the umask's mode (0644): connect() makes it 600 first (or narrows
+    an existing one) and asks for token mode, without starting Ray (ray.init is stubbed)."""
+    import ray
+
+    from harness import nodes
+    from harness.errors import HarnessError
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.setenv(var, "")  # recorded, so what connect() sets is undone after the test
+        monkeypatch.delenv(var)
+    seen = {}
+
+    def fake_init(**kw):
+        seen["mode"] = os.environ.get("RAY_AUTH_MODE")
+        raise RuntimeError("stubbed")
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with pytest.raises(HarnessError, match="stubbed"):
+        nodes.connect(None, num_cpus=1)
+    token = tmp_path / ".ray" / "auth_token"
+    assert seen["mode"] == "token" and token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    token.chmod(0o644)  # a token Ray wrote earlier under umask 022
+    with pytest.raises(HarnessError, match="stubbed"):
+        nodes.connect(None, num_cpus=1)
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
