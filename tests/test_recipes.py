@@ -368,3 +368,15 @@ def test_kuberay_token_never_goes_on_a_command_line():
     make = next(ln for ln in header if "secrets.token_hex" in ln)
     assert "umask 077" in make and "> ~/.ray/lstm-bench-token" in make
     assert any("kubectl create secret generic lstm-bench-ray-auth --from-file=auth_token=" in ln for ln in header)
+
+
+def test_benchmark_gate_never_runs_a_forks_code():
+    """The gate runs on a persistent self-hosted runner: only by hand or for labelled same-repo pull requests;
+    never pull_request_target (which would run with the base's secrets on a fork's request)."""
+    wf = yaml.safe_load((ROOT / "scripts" / "ci" / "benchmark-gate.yml").read_text())
+    triggers = wf.get("on", wf.get(True))  # YAML 1.1 reads the key `on` as True
+    assert set(triggers) <= {"pull_request", "workflow_dispatch"}
+    cond = " ".join(wf["jobs"]["gate"]["if"].split())
+    assert "github.event.pull_request.head.repo.full_name == github.repository" in cond
+    assert "contains(github.event.pull_request.labels.*.name, 'benchmark')" in cond
+    assert "self-hosted" in wf["jobs"]["gate"]["runs-on"] and wf["permissions"] == {"contents": "read"}
