@@ -51,15 +51,16 @@ def connect(address: str | None = None, num_cpus: int | None = None, num_gpus: i
 
 
 def private_local_token() -> None:
-    """Token auth for the embedded Ray, with a token only this user can read. Ray 2.59+ turns token auth on for
-    a new local cluster when RAY_AUTH_MODE is unset and writes ~/.ray/auth_token if missing, but with the
-    umask's mode (0644 under umask 022: readable by every local user whose home directory lets them in). Here
-    the mode is token unless the caller chose one, and the default token file (when no RAY_AUTH_TOKEN or
-    RAY_AUTH_TOKEN_PATH names another) is made, or narrowed to, mode 600."""
+    """A token only this user can read for the embedded Ray. Ray 2.59+ turns token auth on for a new local
+    cluster when RAY_AUTH_MODE is unset (ray.init sets it and refreshes its config; setting it here, after
+    Ray may have been imported, would leave this process's config without it) and writes ~/.ray/auth_token if
+    missing, but with the umask's mode (0644 under umask 022: readable by every local user whose home directory
+    lets them in). So, when no RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH names another, that file is made here
+    first, or narrowed, to mode 600."""
     import secrets
     from pathlib import Path
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token" or os.environ.get("RAY_AUTH_TOKEN") \
+            or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return
     path = Path.home() / ".ray" / "auth_token"
     try:

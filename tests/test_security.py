@@ -217,8 +217,8 @@ def test_no_unpickling_in_harness_except_the_restricted_cifar_reader():
 
 
 def test_embedded_ray_gets_token_auth_with_a_private_token(tmp_path, monkeypatch):
-    """Ray 2.59+ writes ~/.ray/auth_token with the umask's mode (0644): connect() makes it 600 first (or narrows
-    an existing one) and asks for token mode, without starting Ray (ray.init is stubbed)."""
+    """Ray 2.59+ turns token auth on for a new local cluster but writes ~/.ray/auth_token with the umask's mode
+    (0644): connect() makes it 600 first (or narrows an existing one); ray.init is stubbed (no Ray started)."""
     import ray
 
     from harness import nodes
@@ -237,7 +237,7 @@ def test_embedded_ray_gets_token_auth_with_a_private_token(tmp_path, monkeypatch
     with pytest.raises(HarnessError, match="stubbed"):
         nodes.connect(None, num_cpus=1)
     token = tmp_path / ".ray" / "auth_token"
-    assert seen["mode"] == "token" and token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    assert seen["mode"] is None and token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
     token.chmod(0o644)  # a token Ray wrote earlier under umask 022
     with pytest.raises(HarnessError, match="stubbed"):
         nodes.connect(None, num_cpus=1)
