@@ -3,6 +3,8 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# Test processes (pytest-xdist): most slow tests wait on Ray, subprocesses or sockets, so 3 on 2 cores pays.
+TEST_WORKERS ?= 3
 
 .PHONY: demo test install bench clean
 
@@ -20,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_overhead.py

@@ -22,7 +22,8 @@ import pytest
 from conftest import sweep_executions
 import yaml
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+# One host-wide set of namespaces and one state folder: these tests run one at a time, on one xdist worker.
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.xdist_group("netns")]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "netns-cluster.sh"

@@ -36,7 +36,8 @@ import yaml
 from test_netns import (BIN, HEAD_IP, NAMESPACES, SCRIPT, WORKER_IP, _alive, _namespaces, _ns_pids,
                         _processes_mentioning, _script, _skip_reason)
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+# One host-wide set of namespaces and one state folder: these tests run one at a time, on one xdist worker.
+pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.xdist_group("netns")]
 
 WORKER_IF = "lb-veth-w"
 
