@@ -3,8 +3,9 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# Test processes (pytest-xdist): most slow tests wait on Ray, subprocesses or sockets, so 3 on 2 cores pays.
-TEST_WORKERS ?= 3
+# Test processes (pytest-xdist). 0: serial, the default: at -n 3 on this 2-core VM, with other jobs running, 7
+# timing-sensitive tests failed (27 min 52 s against 37 min 49 s serial under the same load); not yet measured quiet.
+TEST_WORKERS ?= 0
 
 .PHONY: demo test install bench clean
 
