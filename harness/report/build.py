@@ -333,13 +333,11 @@ def compare_command(baseline, current, *, threshold: float = THRESHOLD, alpha: f
     compare_blocks(doc, c)
     if out is not None:
         out = Path(out)
-        try:
+        with writing("the comparison", out):
             out.mkdir(parents=True, exist_ok=True)
             (out / "compare.md").write_text(doc.markdown(), encoding="utf-8")
             (out / "compare.html").write_text(doc.html("lstm-bench compare"), encoding="utf-8")
             c.table.to_csv(out / "compare.csv", index=False)
-        except OSError as exc:
-            raise HarnessError(f"cannot write the comparison to {out}: {exc.strerror or exc}") from None
     print(markdown_table(_shown(c.table)))
     print(f"compare: {', '.join(f'{n} {v}' for v, n in c.counts().items())}"
           + (f"; written to {out}/compare.md, compare.html, compare.csv" if out is not None else ""))
