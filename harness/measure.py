@@ -13,7 +13,8 @@ Method (after torch.utils.benchmark's blocked_autorange, without its stop-when-q
      warm-up so that the plan fills what is left of the time budget (at least MIN_BLOCK_S a block, one step,
      and `min_steps` steps in all). Each step is timed on its own (CUDA events on GPU, recorded without syncing
      between steps; time.perf_counter on CPU, where steps are synchronous). The blocks' spread never ends the
-     trial early: the budget stretches up to `max_budget_s` to finish the plan, and a trial that still cannot is
+     trial early: the budget stretches up to `max_budget_s` to finish the plan (warm-up included, but a warm-up
+     longer than the budget still leaves the plan max_budget_s - budget_s), and a trial that still cannot is
      stopped there and flagged "insufficient samples". Latency p90 needs 20 timed steps, p99 100;
   3. reported: the median of per-block img/s, its IQR, and the relative IQR with a 95% bootstrap interval
      (`rel_iqr_low`, `rel_iqr_high`: the spread with its own uncertainty). Why 150 blocks at least: the
@@ -264,7 +265,7 @@ def measure(step: Callable[[], object], *, batch_size: int, device: torch.device
     times, steps = [], []
     timed_start = time.time()
     t1 = time.perf_counter()
-    hard = t0 + max_budget_s
+    hard = t1 + max_budget_s - min(warm_time, budget_s)  # a long warm-up (its cap is its own) leaves the plan room
     exhausted = False
     while len(times) < blocks:
         took, per_step = _block(step, n, device)
