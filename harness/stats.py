@@ -23,6 +23,10 @@ sides of a pair alike and cancels in d = log(img/s of B / img/s of A). Per cell:
     80% power (threshold + (z_{1-alpha/2} + z_{0.8}) * sd * sqrt(pi/3) / sqrt(n); sqrt(pi/3) is the
     Hodges-Lehmann estimator's asymptotic standard error relative to the mean's under normal errors).
 Ratios are candidate / baseline img/s: above 1 the candidate is faster.
+
+Below them, the statistics of a single trial (measure.py: the warm-up's trend rule, the spread's interval) and
+of a history line (report/history.py: the rank-scan change-point test with its block permutation), each
+described where it is defined.
 """
 
 from __future__ import annotations
