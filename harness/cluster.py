@@ -54,9 +54,11 @@ class Hooks:
 
 def hang_limit_s(spec: TrialSpec, grace_s: float) -> float:
     """How long a trial may run before it is cancelled as hung: set-up, data and backend detection happen
-    outside the budget, hence the grace; the budget may stretch to max_budget for the sample floor, and the
-    model-only pass follows the end-to-end one. An accuracy trial without a budget is never cancelled."""
-    return grace_s + 2 * spec.max_budget
+    outside the budget, hence the grace; each of the two passes (end to end, then the model alone) may stretch
+    to max_budget to finish its sample plan, and its warm-up cap does not depend on the budget. An accuracy
+    trial without a budget is never cancelled."""
+    from .measure import WARMUP_CAP_S
+    return grace_s + 2 * (spec.max_budget + max(WARMUP_CAP_S.values()))
 
 
 def _trial_task(spec_flat: dict, arrays, clock, limit_s: float, ceilings: dict, placement: str,

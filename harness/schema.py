@@ -82,7 +82,9 @@ git_commit          | str   |     | | the harness commit (-dirty with local chan
     *_f("timing", """
 img_per_s          | float | img/s  | {:,.1f} | headline throughput: median over timed blocks (accuracy: training images / training time)
 img_per_s_iqr      | float | img/s  | {:,.1f} | interquartile range of the per-block img/s
-rel_iqr            | float |        | {:.3f}  | img_per_s_iqr / img_per_s
+rel_iqr            | float |        | {:.3f}  | img_per_s_iqr / img_per_s: the spread of the timed blocks
+rel_iqr_low        | float |        | {:.3f}  | lower end of a 95% bootstrap interval of rel_iqr (blocks resampled; null in records before it)
+rel_iqr_high       | float |        | {:.3f}  | upper end of that interval
 latency_ms_p50     | float | ms     | {:.2f}  | median time of one step (one batch)
 latency_ms_p90     | float | ms     | {:.2f}  | 90th percentile step time
 latency_ms_p99     | float | ms     | {:.2f}  | 99th percentile step time
@@ -93,6 +95,8 @@ noise_reasons      | str   |        |         | why noisy: wide spread, too few 
 external_cpu_cores | float | cores  |         | CPU other processes kept busy during the timed window
 cgroup_throttled_ms | float | ms    |         | time the container's CPU quota held the trial back in its timed window (null: no quota)
 timed_blocks       | int   |        |         | timed blocks
+planned_blocks     | int   |        |         | the blocks the trial's sample plan fixed before it started (fewer timed: the plan was cut by max_budget_s)
+warmup_rule        | str   |        |         | what ended the warm-up: trend (no trend over the last 10 blocks) or cap (the warm-up cap; flagged noisy)
 timed_steps        | int   |        |         | timed steps (all blocks)
 warmup_steps       | int   |        |         | steps run before timing, excluded from every figure
 block_img_per_s    | list  | img/s  |         | img/s of every timed block, in order

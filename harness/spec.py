@@ -285,12 +285,14 @@ class TrialSpec:
     threads: int | None = _field(None, "torch threads on CPU (unset: torch's default)", "threads")
     time_budget_s: float | None = _field(None, f"time budget of the trial (unset: {DEFAULT_TIMING_BUDGET_S:g} s "
                                                f"for timing modes, none for accuracy: it stops at its epochs)", "s")
-    max_budget_s: float | None = _field(None, f"how far a timing trial may stretch its budget to time its sample "
-                                              f"floor of 50 steps in 5 blocks (unset: {MAX_BUDGET_FACTOR:g}x "
-                                              f"the budget); the hang deadline derives from it", "s")
+    max_budget_s: float | None = _field(None, f"how far a timing trial may stretch its budget to finish its "
+                                              f"sample plan (a fixed count of blocks, at least 50 steps; unset: "
+                                              f"{MAX_BUDGET_FACTOR:g}x the budget); the hang deadline derives "
+                                              f"from it", "s")
     repeat: int = _field(0, "which repetition of the same trial this is", "index")
-    sample_plan: str = _field("standard", "how a timing trial samples: standard (warm-up, blocks until the budget, "
-                                          "then the model alone and the data alone) or pair (`lstm-bench ab`: a "
+    sample_plan: str = _field("standard", "how a timing trial samples: standard (warm-up, a fixed count of blocks "
+                                          "by mode and device filling the budget, then the model alone and the "
+                                          "data alone) or pair (`lstm-bench ab`: a "
                                           "short warm-up and a fixed count of blocks of the end-to-end step only)",
                               "name")
     train: TrainConfig = _field(help="the training recipe", unit="TrainConfig", default_factory=TrainConfig)
@@ -319,7 +321,7 @@ class TrialSpec:
 
     @property
     def max_budget(self) -> float:
-        """The most a trial may take to meet its sample floor: as given, else MAX_BUDGET_FACTOR x the budget."""
+        """The most a trial may take to finish its sample plan: as given, else MAX_BUDGET_FACTOR x the budget."""
         return float(self.max_budget_s) if self.max_budget_s is not None else MAX_BUDGET_FACTOR * self.budget_s
 
     def identity(self) -> dict:

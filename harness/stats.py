@@ -23,6 +23,10 @@ sides of a pair alike and cancels in d = log(img/s of B / img/s of A). Per cell:
     80% power (threshold + (z_{1-alpha/2} + z_{0.8}) * sd * sqrt(pi/3) / sqrt(n); sqrt(pi/3) is the
     Hodges-Lehmann estimator's asymptotic standard error relative to the mean's under normal errors).
 Ratios are candidate / baseline img/s: above 1 the candidate is faster.
+
+Below them, the statistics of a single trial (measure.py: the warm-up's trend rule, the spread's interval) and
+of a history line (report/history.py: the rank-scan change-point test with its block permutation), each
+described where it is defined.
 """
 
 from __future__ import annotations
@@ -211,3 +215,156 @@ def cells_to_extend(verdicts: dict, step: int, max_pairs: int) -> dict:
     it has fewer than `max_pairs`; a cell that reached an answer stops. {cell: how many more pairs}."""
     return {k: min(step, max_pairs - v.pairs) for k, v in verdicts.items()
             if v.verdict == "inconclusive" and v.pairs < max_pairs}
+
+
+# ---- Inside a trial: when warm-up has ended, and how sure the spread is (measure.py) --------------------------
+#
+# Warm-up ends by a trend test on the recent blocks, not by two blocks that happen to agree (Barrett et al. 2017,
+# "Virtual machine warmup blows hot and cold", found steady states only by looking at the series). Over the last
+# TREND_WINDOW warm-up blocks (log img/s): the exact Mann-Kendall test of "no monotone trend" (Kendall's tau of
+# the blocks against their order; the null distribution counted exactly, as scipy.stats.kendalltau's exact
+# method) must not reject at TREND_ALPHA, *and* the Theil-Sen slope (the median of the pairwise slopes,
+# scipy.stats.theilslopes' estimate) must be within TREND_MAX_SLOPE per block. The second half guards against
+# the test's low power: a series still rising 1% a block with 4% noise is often "not significant" over 10
+# blocks, yet its slope is visible. Both are vectorised here (the simulation tests run hundreds of series at
+# once) and checked against scipy in tests/test_stats.py.
+
+TREND_WINDOW, TREND_ALPHA, TREND_MAX_SLOPE = 10, 0.05, 0.005
+SPREAD_LEVEL, SPREAD_RESAMPLES, SPREAD_SEED = 0.95, 1000, 20261129
+
+
+@lru_cache(maxsize=64)
+def kendall_s_null_tail(n: int) -> np.ndarray:
+    """P(|S| >= s) for s = 0 .. n(n-1)/2 under no trend: S = concordant - discordant pairs of n exchangeable
+    values, S = M - 2 * (inversions), inversions counted exactly (Mahonian numbers, by polynomial products)."""
+    counts = np.ones(1)
+    for m in range(2, n + 1):
+        new = np.zeros(counts.size + m - 1)
+        for j in range(m):
+            new[j:j + counts.size] += counts
+        counts = new
+    pmf = counts / counts.sum()
+    top = n * (n - 1) // 2
+    s = np.abs(top - 2 * np.arange(top + 1))
+    return np.array([pmf[s >= v].sum() for v in range(top + 1)])
+
+
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    i, j = np.triu_indices(n, 1)
+    return i, j
+
+
+def mann_kendall_p(x) -> np.ndarray:
+    """Two-sided exact p-value of the Mann-Kendall test of no monotone trend along the last axis (ties count
+    as neither concordant nor discordant: conservative)."""
+    x = np.asarray(x, dtype=float)
+    n = x.shape[-1]
+    i, j = _pairs(n)
+    s = np.abs(np.sign(x[..., j] - x[..., i]).sum(axis=-1)).astype(int)
+    return kendall_s_null_tail(n)[s]
+
+
+def theil_sen_slope(x) -> np.ndarray:
+    """The Theil-Sen slope of x against 0, 1, 2, ... along the last axis: the median of the pairwise slopes."""
+    x = np.asarray(x, dtype=float)
+    i, j = _pairs(x.shape[-1])
+    return np.median((x[..., j] - x[..., i]) / (j - i), axis=-1)
+
+
+def trend_settled(log_rates, alpha: float = TREND_ALPHA, max_slope: float = TREND_MAX_SLOPE):
+    """Warm-up's end rule on windows of log img/s (last axis: the window, in order): no significant
+    Mann-Kendall trend and a Theil-Sen slope within max_slope (a fraction per block)."""
+    x = np.asarray(log_rates, dtype=float)
+    return (mann_kendall_p(x) > alpha) & (np.abs(theil_sen_slope(x)) <= max_slope)
+
+
+def first_settled(log_rates, window: int = TREND_WINDOW, alpha: float = TREND_ALPHA,
+                  max_slope: float = TREND_MAX_SLOPE) -> np.ndarray:
+    """For series of warm-up blocks (last axis: blocks, in order), the count of blocks after which the rule
+    first held (window .. n), or -1 where it never did: what measure() would have done block by block."""
+    x = np.asarray(log_rates, dtype=float)
+    ok = trend_settled(np.lib.stride_tricks.sliding_window_view(x, window, axis=-1), alpha, max_slope)
+    return np.where(ok.any(axis=-1), ok.argmax(axis=-1) + window, -1)
+
+
+def rel_iqr(x) -> np.ndarray:
+    """Interquartile range over median along the last axis (numpy's linear quantiles: measure.quartiles')."""
+    q1, q2, q3 = np.percentile(np.asarray(x, dtype=float), [25, 50, 75], axis=-1)
+    return (q3 - q1) / q2
+
+
+def rel_iqr_interval(x, level: float = SPREAD_LEVEL, resamples: int = SPREAD_RESAMPLES,
+                     seed: int = SPREAD_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """A percentile-bootstrap interval for the relative IQR of the blocks (last axis), resampling blocks
+    (fixed seed, so a record's interval is reproducible). It treats blocks as independent: slow drift within
+    the timed window makes it too narrow, which the warm-up rule and the contention check are there to catch."""
+    x = np.asarray(x, dtype=float)
+    n = x.shape[-1]
+    if n < 2:
+        nan = np.full(x.shape[:-1], np.nan)
+        return nan, nan
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    boot = rel_iqr(x[..., idx])                       # (..., resamples)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(boot, [tail, 1.0 - tail], axis=-1)
+    return lo, hi
+
+
+# ---- Across runs: change points of a history line (report/history.py) ----------------------------------------
+#
+# One line is a spec's img/s over runs in start order. The statistic is rank-based: for every split k (at least
+# CP_MIN_RUNS runs a side) the standardised Mann-Whitney (rank-sum) statistic of the runs after k against those
+# before it, and the line's statistic is its largest absolute value (a Pettitt-type scan; ranks, so one odd run
+# moves it by one rank at most). Its null distribution comes from a block permutation: the line is cut into
+# blocks of CP_BLOCKS runs (half the shuffles blocks of 2, half of 3, each from a random offset) and the blocks
+# shuffled, so run-to-run autocorrelation (runs close in time on the same machine are alike) stays within the
+# shuffled copies, and the scan over split positions is paid for by rescanning every copy. Simulated in
+# tests/test_history.py on AR(1) lines (rho 0.5, 20 runs): a plain permutation (blocks of one run) gives 35% of
+# flat lines p <= 0.05; blocks of 2 and 3 about 4%. The price: a 20-run line has only so many block orders, so
+# even a perfectly separated step has p ~ 0.005 at best (1 / C(10, 5) orders of ten 2-blocks, halved twice).
+
+CP_MIN_RUNS, CP_BLOCKS, CP_PERMUTATIONS, CP_SEED = 3, (2, 3), 999, 20261129
+
+
+def block_permutations(n: int, lengths=CP_BLOCKS, count: int = CP_PERMUTATIONS, seed: int = CP_SEED) -> np.ndarray:
+    """`count` block permutations of 0..n-1 (rows): the positions cut into blocks of one of `lengths` (the rows
+    share them out evenly) from a random offset, the blocks put in a random order, each block's runs in order."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r, length in enumerate(lengths):
+        rows = count // len(lengths) + (r < count % len(lengths))
+        offset = rng.integers(0, length, rows)[:, None]
+        pos = np.arange(n)[None, :]
+        block = (pos + (length - offset) % length) // length
+        order = np.argsort(rng.random((rows, int(block.max()) + 1)), axis=1)   # each block's place, 0, 1, ...
+        out.append(np.argsort(np.take_along_axis(order, block, axis=1) * n + pos, axis=1))
+    return np.vstack(out)
+
+
+def rank_scan(ranks, min_runs: int = CP_MIN_RUNS) -> np.ndarray:
+    """The standardised rank-sum statistic of every split k = min_runs .. n - min_runs (last axis: ranks 1..n in
+    run order): (sum of the first k ranks - k(n+1)/2) / its null standard deviation; shape (..., splits)."""
+    r = np.asarray(ranks, dtype=float)
+    n = r.shape[-1]
+    ks = np.arange(min_runs, n - min_runs + 1)
+    w = np.cumsum(r, axis=-1)[..., ks - 1]
+    return (w - ks * (n + 1) / 2.0) / np.sqrt(ks * (n - ks) * (n + 1) / 12.0)
+
+
+def change_point_test(values, min_runs: int = CP_MIN_RUNS, permutations: int = CP_PERMUTATIONS,
+                      seed: int = CP_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The best split of each line (last axis: values in run order) and its block-permutation p-value:
+    (k, p), k the index of the first run after the split; k = -1 and p = 1 for lines too short to split
+    (fewer than 2 * min_runs runs)."""
+    x = np.asarray(values, dtype=float)
+    n = x.shape[-1]
+    if n < 2 * min_runs:
+        shape = x.shape[:-1]
+        return np.full(shape, -1), np.ones(shape)
+    ranks = sps.rankdata(x, axis=-1)
+    observed = np.abs(rank_scan(ranks, min_runs))
+    stat = observed.max(axis=-1)
+    perms = block_permutations(n, count=permutations, seed=seed)
+    null = np.abs(rank_scan(ranks[..., perms], min_runs)).max(axis=-1)      # (..., permutations)
+    p = (1.0 + (null >= stat[..., None] - 1e-9).sum(axis=-1)) / (permutations + 1.0)
+    return observed.argmax(axis=-1) + min_runs, p

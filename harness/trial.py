@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import math
 import statistics
 import time
 import traceback
@@ -26,9 +27,12 @@ from .variants import build_model
 
 SYNTHETIC_TRAIN_IMAGES = 8192  # enough distinct batches that no step reuses the previous one's input
 # The pair plan (sample_plan "pair", `lstm-bench ab`): a short warm-up (both sides alike: what is left of it
-# cancels in the pair), then a fixed 10 blocks of ~0.1 s (CPU; 0.05 s on CUDA) of the end-to-end step only.
-# A pair's precision comes from many pairs, not long windows.
+# cancels in the pair; the same trend rule on warm-up blocks of 0.04 s, capped at 0.6 s), then a fixed 10 blocks
+# of ~0.1 s (CPU; 0.05 s on CUDA) of the end-to-end step only, whatever the budget. A pair's precision comes
+# from many pairs, not long windows.
 PAIR_BLOCKS, PAIR_BLOCK_S, PAIR_WARMUP_MIN_S, PAIR_WARMUP_CAP_S = 10, {"cpu": 0.1, "cuda": 0.05}, 0.3, 0.6
+PAIR_WARMUP_BLOCK_S = {"cpu": 0.04, "cuda": 0.02}
+MODEL_WARMUP_BLOCK_S = {"cpu": 0.025, "cuda": 0.01}  # the model-alone pass: the model is warm already
 
 
 def load_data(spec: TrialSpec, device: torch.device, arrays=None, data_root: str | None = None,
@@ -49,10 +53,13 @@ def load_data(spec: TrialSpec, device: torch.device, arrays=None, data_root: str
 
 def measured_fields(m: Measurement, spec: TrialSpec) -> dict:
     ips = m.img_per_s
+    lo, hi = m.rel_iqr_interval
     return {
         "img_per_s": ips,
         "img_per_s_iqr": m.img_per_s_iqr,
         "rel_iqr": m.rel_iqr,
+        "rel_iqr_low": lo,
+        "rel_iqr_high": hi,
         "latency_ms_p50": m.latency_ms(50), "latency_ms_p90": m.latency_ms(90), "latency_ms_p99": m.latency_ms(99),
         **gemm_fields(spec.variant, spec.mode, ips),
         "noisy": m.noisy,
@@ -60,6 +67,8 @@ def measured_fields(m: Measurement, spec: TrialSpec) -> dict:
         "external_cpu_cores": round(m.external_cores, 2),
         "cgroup_throttled_ms": m.throttled_ms,
         "timed_blocks": len(m.block_times_s),
+        "planned_blocks": m.planned_blocks,
+        "warmup_rule": m.warmup_rule,
         "timed_steps": len(m.step_times_s),
         "warmup_steps": m.warmup_steps,
         "block_img_per_s": [round(x, 3) for x in m.block_img_per_s],
@@ -116,7 +125,7 @@ def run_trial(spec: TrialSpec, *, arrays=None, data_root: str | None = None, all
 def run_throughput(spec: TrialSpec, data: DeviceData, device: torch.device, **measure_opts) -> dict:
     """End to end (next batch, forward, backward, optimizer step: the headline img_per_s), then the same step on
     one fixed batch already on the device (model_img_per_s), then the batch producer alone (data_ms_per_step).
-    `measure_opts` (tests only) lower the sample floor; the CLI and suites cannot."""
+    `measure_opts` (tests only) shrink the sample plan; the CLI and suites cannot."""
     v = spec.variant
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(spec.seed)
@@ -136,21 +145,24 @@ def run_throughput(spec: TrialSpec, data: DeviceData, device: torch.device, **me
     step_over = prep.step_over
     timing = dict(batch_size=v.batch_size, device=device, threads=torch.get_num_threads(), **measure_opts)
     if spec.sample_plan == "pair":
-        m = measure(step_over(batches), budget_s=spec.budget_s, warmup_min_s=PAIR_WARMUP_MIN_S,
-                    warmup_cap_s=PAIR_WARMUP_CAP_S, block_s=PAIR_BLOCK_S[device.type], fixed_blocks=PAIR_BLOCKS,
-                    **{"min_blocks": PAIR_BLOCKS, "min_steps": PAIR_BLOCKS, **timing})
+        m = measure(step_over(batches), budget_s=spec.budget_s, max_budget_s=math.inf,
+                    warmup_min_s=PAIR_WARMUP_MIN_S, warmup_cap_s=PAIR_WARMUP_CAP_S,
+                    warmup_block_s=PAIR_WARMUP_BLOCK_S[device.type], block_s=PAIR_BLOCK_S[device.type],
+                    **{"blocks": PAIR_BLOCKS, "min_steps": PAIR_BLOCKS, **timing})
         fields = measured_fields(m, spec)
         fields.update(peak_mem_mb=mem.peak_mb(), backend=prep.backend)  # no backend detection: it costs a profile
         prep.fields(fields, m)
         return fields
-    m = measure(step_over(batches), budget_s=spec.budget_s, max_budget_s=spec.max_budget, **timing)
+    m = measure(step_over(batches), budget_s=spec.budget_s, max_budget_s=spec.max_budget, mode=spec.mode, **timing)
     fields = measured_fields(m, spec)
     fields["peak_mem_mb"] = mem.peak_mb()
 
     # Model alone: a fixed batch, already normalized and on the device; the model is warm, so a short warm-up.
+    # Its plan may stretch to half the max budget, or to what the end-to-end pass left of it.
     left = spec.max_budget - (time.perf_counter() - start)
     model_m = measure(step_over(itertools.repeat(next(batches))), budget_s=spec.budget_s / 2,
-                      max_budget_s=max(spec.budget_s / 2, left), **{"warmup_min_s": 0.25, **timing})
+                      max_budget_s=max(spec.max_budget / 2, left), mode=spec.mode,
+                      **{"warmup_min_s": 0.25, "warmup_block_s": MODEL_WARMUP_BLOCK_S[device.type], **timing})
     fields.update(model_img_per_s=model_m.img_per_s, model_rel_iqr=model_m.rel_iqr,
                   model_noise_reasons="; ".join(model_m.noise_reasons),
                   data_ms_per_step=data_ms_per_step(batches, device))

@@ -20,7 +20,7 @@ from harness.spec import TrialSpec
 from harness.variants import CompiledLSTM, NaiveLSTM, Variant, build_model, canonical_state, with_impl
 
 CPU = torch.device("cpu")
-FAST = dict(min_steps=5, min_blocks=2, warmup_min_s=0.1)  # tests only: a lower sample floor
+FAST = dict(min_steps=5, blocks=4, warmup_min_s=0.1)  # tests only: a smaller sample plan
 
 
 @pytest.mark.parametrize("seq,patch,layers", [("row", None, 2), ("patch", 8, 1)])
@@ -80,13 +80,13 @@ def test_a_recompile_inside_the_timed_window_flags_the_trial():
 
     def step():
         calls["n"] += 1
-        time.sleep(0.005)  # a steady step: the warm-up settles in two blocks, well before the switch
+        time.sleep(0.005)  # a steady step: the warm-up settles after ten 1-step blocks, before the switch
         fn(torch.ones(8 if calls["n"] < switch_at else 16))
 
     with CompileWatch() as watch:
         step()  # the first compile, before the clock (as prepare() does)
         m = measure(step, batch_size=8, device=CPU, threads=1, block_s=0.05, settle=1.0, warmup_min_s=0.0,
-                    budget_s=60.0)
+                    budget_s=60.0, blocks=10, warmup_block_s=0.005)
         assert m.warmup_steps < switch_at < m.warmup_steps + len(m.step_times_s) + 1
         fields = Prepared(None, "compiled", watch=watch, extra={"compile_s": 1.0}).fields(
             {"noisy": False, "noise_reasons": ""}, m)

@@ -170,3 +170,45 @@ def test_paired_verdicts_report_order_bias_and_mde():
     assert (v.ab_pairs, v.ba_pairs, v.pairs) == (4, 4, 8)
     assert v.verdict == "improvement" and v.ci_low > 1.03
     assert math.isfinite(v.order_bias) and 0.03 < v.mde < 0.1
+
+
+# ---- The trend rule (measure.py's warm-up) and the change-point test (history), against scipy -----------------
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mann_kendall_and_theil_sen_match_scipy(seed):
+    from scipy import stats as sps
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (6, 10)) + 0.15 * np.arange(10) * np.arange(6)[:, None] / 5
+    p, slope = stats.mann_kendall_p(x), stats.theil_sen_slope(x)
+    for row, pi, si in zip(x, p, slope):
+        assert pi == pytest.approx(sps.kendalltau(np.arange(10), row, method="exact").pvalue)
+        assert si == pytest.approx(sps.theilslopes(row).slope)
+    assert stats.kendall_s_null_tail(10)[0] == pytest.approx(1.0)
+
+
+def test_trend_settled_needs_no_trend_and_a_small_slope():
+    t = np.arange(10.0)
+    assert not stats.trend_settled(0.01 * t)                       # a clean rise: significant
+    wiggle = 0.001 * np.array([1, -1, 2, -2, 0, 1, -1, 2, -2, 0])
+    assert stats.trend_settled(wiggle)
+    assert not stats.trend_settled(wiggle + 0.004 * (t > 4), max_slope=0.0001)
+    assert list(stats.first_settled(np.vstack([0.02 * np.arange(30.0), np.zeros(30) + wiggle.tolist() * 3]))) \
+        == [-1, 10]
+
+
+def test_block_permutations_keep_blocks_together():
+    perms = stats.block_permutations(20, count=200, seed=3)
+    assert perms.shape == (200, 20) and (np.sort(perms, axis=1) == np.arange(20)).all()
+    steps = np.diff(perms, axis=1)
+    kept = (steps == 1).mean()          # runs followed by their own successor: at least half of the lag-1 pairs
+    assert kept >= 0.5 and len({tuple(p) for p in perms}) >= 190
+
+
+def test_change_point_test_finds_a_step_and_not_noise():
+    rng = np.random.default_rng(4)
+    flat = rng.normal(0, 0.02, (4, 20))
+    step = flat + np.log(0.85) * (np.arange(20) >= 12)
+    k, p = stats.change_point_test(np.vstack([flat, step]))
+    assert (k[4:] == 12).all() and (p[4:] <= 0.02).all() and (p[:4] > 0.05).mean() >= 0.75   # p ~0.015: the floor
+    k, p = stats.change_point_test(np.ones((2, 5)))
+    assert (k == -1).all() and (p == 1).all()                         # too short to split 3 + 3

@@ -17,7 +17,8 @@ from ..errors import HarnessError
 from . import gap, headline
 from .frame import RunSet, _missing, load_runs, prepare
 from .compare import ALPHA, THRESHOLD, Comparison, compare_runs, exit_lines
-from .history import ALPHA as H_ALPHA, MIN_SHIFT, file_stem, load_history, plot_history, series_table
+from .history import ALPHA as H_ALPHA, CEILING_SHIFT as H_CEILING, MIN_RUNS as H_MIN_RUNS, MIN_SHIFT, file_stem, \
+    load_history, plot_history, series_table
 from .plots import plot_accuracy_curves, plot_kernel_breakdown, plot_speedup_heatmap, plot_throughput
 from .render import Doc, fmt_cell, markdown_table
 from .tables import (ENV_FIELDS, PIVOT_GROUP, accuracy_table, environment_by_field, environment_table,
@@ -371,11 +372,15 @@ def build_history(results_dir, out_dir, suite: str | None = None, command: str |
             note = plot_history(recs, series, runs, out_dir / "plots" / f"{stem}.png")
             page = Doc()
             page.h(1, f"History of suite {name}: {len(runs)} runs")
-            page.p(f"img/s of each spec over runs in start order (x: start time and code_version), a line per "
-                   f"hardware fingerprint, noisy runs hollow and left out of the change-point search. Change "
-                   f"points (dashed red): binary segmentation of log img/s, a split kept when the medians either "
-                   f"side differ by >= {MIN_SHIFT:.0%} and a permutation test of the best split's t gives "
-                   f"p <= {H_ALPHA:g}.")
+            page.p(f"img/s of each spec over runs in start order (x: start time and code_version), a line per hardware "
+                   f"fingerprint, noisy runs hollow and left out of the change-point search. Change points "
+                   f"(dashed red): binary segmentation of log img/s; a line's best split (the largest rank-sum "
+                   f"statistic, {H_MIN_RUNS}+ runs a side) is tested by a block permutation (blocks of 2-3 runs, so "
+                   f"run-to-run correlation stays in the null), Benjamini-Hochberg at {H_ALPHA:g} across this page's "
+                   f"lines, and kept when the medians either side differ by >= {MIN_SHIFT:.0%}; each is labelled code "
+                   f"changed, machine changed (hostname, or the GEMM ceiling by > {H_CEILING:.0%}) or unexplained. "
+                   f"It cannot see a change with fewer than {H_MIN_RUNS} runs on a side, nor in lines of fewer than "
+                   f"~14 runs (harness/report/history.py says more).")
             if note is not None:
                 page.img(out_dir / "plots" / f"{stem}.png", f"plots/{stem}.png",
                          "img/s over runs" + (f"; {note}" if note else ""))
