@@ -3,7 +3,8 @@
 Ray does not say when a queued task begins to run, so each trial tells a small actor pinned to the driver's
 node (`TrialClock.start`, which answers the attempt number). The driver keeps the deadlines itself
 (`Deadlines`), fed by the clock's start events since the last poll: a poll costs what is new, not the suite;
-a retried task starts again and gets a fresh deadline; a restarted clock (a new `epoch`) loses no deadline the
+a retried task starts again and gets a fresh deadline, and a trial whose node died has none until it does (it
+may queue behind others for its retry: Ray says nothing while it waits); a restarted clock (a new `epoch`) loses no deadline the
 driver already holds, and a worker's start call waits for the restarted actor (max_task_retries=-1). The driver
 names the epoch it has seen: a clock of another epoch answers all its events, since the driver's `seen` counts
 another clock's events (asking a new clock for events after the old count would skip its first ones).
@@ -60,23 +61,31 @@ class TrialClock:
 
 
 class Deadlines:
-    """The driver's side: trial_id -> (started, deadline, attempt), fed from the clock's start events."""
+    """The driver's side: trial_id -> (started, deadline, attempt, node_id), fed from the clock's start events."""
 
     def __init__(self):
-        self.by_trial: dict[str, tuple[float, float, int]] = {}
+        self.by_trial: dict[str, tuple[float, float, int, str]] = {}
         self.epoch, self.seen = None, 0
 
     def absorb(self, epoch: str, events: list[tuple]) -> None:
         if epoch != self.epoch:  # a restarted clock numbers its events from 1 again; known deadlines stay
             self.epoch, self.seen = epoch, 0
-        for seq, trial_id, started, limit_s, attempt, _node in events:
-            self.by_trial[trial_id] = (started, started + limit_s, attempt)
+        for seq, trial_id, started, limit_s, attempt, node_id in events:
+            self.by_trial[trial_id] = (started, started + limit_s, attempt, node_id)
             self.seen = max(self.seen, seq)
 
     def forget(self, trial_id: str) -> None:
         self.by_trial.pop(trial_id, None)
 
+    def nodes_lost(self, node_ids: set[str]) -> list[str]:
+        """Drop the deadlines of attempts that ran on `node_ids` (dead): Ray retries such a task elsewhere, and
+        its queueing there is not running. The retry's start brings a fresh deadline. Returns the trial ids."""
+        lost = [tid for tid, (*_, node_id) in self.by_trial.items() if node_id in node_ids]
+        for tid in lost:
+            del self.by_trial[tid]
+        return lost
+
     def overdue(self, now: float | None = None) -> dict[str, float]:
         """trial_id -> seconds running, for trials past their deadline."""
         now = time.time() if now is None else now
-        return {tid: now - started for tid, (started, deadline, _) in self.by_trial.items() if now > deadline}
+        return {tid: now - started for tid, (started, deadline, *_) in self.by_trial.items() if now > deadline}

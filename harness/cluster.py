@@ -8,7 +8,9 @@ run.json; Parquet).
 Scheduling is Ray's: cuda trials ask for one GPU, cpu trials for `cpus_per_trial` CPUs (their torch threads),
 exclusive timing trials also for their node's timing slot. The driver reads the dataset once and shares it
 through Ray's object store, so worker nodes need no shared filesystem and no internet. A task lost with its
-worker or node is retried elsewhere (max_retries); a trial that raises comes back as status=failed.
+worker or node is retried elsewhere (max_retries), its hang deadline counted from when the retry starts; when a
+node dies, the trials no alive node can run any more end infeasible at the next poll; a trial that raises comes
+back as status=failed.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Callable
 from .clock import Deadlines, TrialClock
 from .env import code_version
 from .errors import HarnessError
-from .nodes import OOM_RETRIES, cluster_nodes, connect, describe_resources, probe_nodes
+from .nodes import OOM_RETRIES, cluster_nodes, connect, describe_resources, fits, probe_nodes
 from .plan import Plan, code_identity, place, placement_of, plan
+from .progress import progress_bar
 from .schema import TrialResult
 from .spec import TrialSpec
 from .store import RunStore, latest_by_trial, read_jsonl
@@ -144,7 +147,7 @@ class Submitter:
     trials reuse workers (a new process costs ~2 s of torch import per trial)."""
 
     def __init__(self, p: Plan, arrays_ref, ceilings: dict, window: int, max_retries: int, hang_grace_s: float,
-                 hooks: Hooks | None):
+                 hooks: Hooks | None, nodes: list[dict] = ()):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         self.p, self.arrays_ref, self.ceilings, self.window = p, arrays_ref, ceilings, window
@@ -153,7 +156,8 @@ class Submitter:
         self.pending: dict = {}  # ObjectRef -> TrialSpec
         self.deadlines = Deadlines()
         self.first_submit_at = self.last_record_at = None  # epoch seconds, for run.json (driver overhead)
-        self.polled_at = 0.0
+        self.polled_at = self.nodes_polled_at = 0.0
+        self.alive = {n["node_id"]: n["node_ip"] for n in nodes}  # node_id -> ip, as of the last poll
         self.reused, self.fresh = ray.remote(_trial_task), ray.remote(max_calls=1)(_trial_task)
         # The clock lives on the driver's node, so a worker node that dies or drops off the network takes
         # neither the clock nor the driver's loop with it; restarted if its process dies, calls retried.
@@ -193,6 +197,30 @@ class Submitter:
         late = self.deadlines.overdue()
         return [(ref, s, late[s.trial_id]) for ref, s in self.pending.items() if s.trial_id in late]
 
+    def stranded(self) -> list[tuple[object | None, TrialSpec, str]]:
+        """After a node dies (looked for every POLL_S): the deadlines of attempts that ran there are dropped
+        (their retries may queue behind other trials; each gets a fresh deadline when it starts), and the trials,
+        queued (ref None) or pending, that no alive node can run any more are returned with why: Ray would hold
+        them, without a word, until such a node joined."""
+        if time.time() - self.nodes_polled_at < POLL_S:
+            return []
+        self.nodes_polled_at = time.time()
+        try:
+            nodes = cluster_nodes()
+        except Exception:  # the GCS did not answer this time: look again at the next poll
+            return []
+        dead = set(self.alive) - {n["node_id"] for n in nodes}
+        gone = ", ".join(f"{self.alive[n]} ({n[:8]})" for n in sorted(dead))
+        self.alive = {n["node_id"]: n["node_ip"] for n in nodes}
+        if not dead:
+            return []
+        self.deadlines.nodes_lost(dead)
+        seen = dt.datetime.now(dt.timezone.utc).strftime("%H:%M:%S UTC")
+        return [(ref, s, f"needs {self.p.requests[s.trial_id]}: no alive node has it since node {gone} died "
+                         f"(seen dead at {seen}); cluster: {describe_resources(nodes)}")
+                for ref, s in [*self.pending.items(), *((None, s) for s in self.queue)]
+                if not fits(self.p.requests[s.trial_id], nodes)]
+
     def ended(self, trial_id: str) -> None:
         """Tell the clock a trial ended without its worker saying so (see TrialClock.ended); not awaited."""
         try:
@@ -204,28 +232,6 @@ class Submitter:
         import ray
         for ref in self.pending:
             ray.cancel(ref, force=True)
-
-
-class _Lines:
-    """tqdm redraws its bar with carriage returns; off a terminal each redraw becomes one clean line."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        text = text.replace("\r", "").strip()
-        if text:
-            self.stream.write(text + "\n")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def progress_bar(total: int, enabled: bool):
-    from tqdm import tqdm
-    tty = sys.stderr.isatty()
-    return tqdm(total=total, disable=not enabled, unit="trial", file=sys.stderr if tty else _Lines(sys.stderr),
-                mininterval=0.5 if tty else 10.0, dynamic_ncols=tty, ascii=not tty)
 
 
 def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
@@ -265,6 +271,18 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
                 spec, "timeout", f"still running {ran:.0f} s after it started (time budget {spec.budget_s:g} s, "
                 f"at most {spec.max_budget:g} s, + grace): cancelled", duration_s=ran)), spec)
             store.sync()
+        for ref, spec, why in sub.stranded():  # a node died and with it the only place these trials could run
+            if ref is None:
+                sub.queue.remove(spec)
+            else:
+                sub.pending.pop(ref)
+                sub.ended(spec.trial_id)
+                ray.cancel(ref, force=True)  # a task still waiting for a node: nothing runs, nothing is retried
+            sub.deadlines.forget(spec.trial_id)
+            sub.p.infeasible.append(spec)  # counted as infeasible in run.json, as those known at the start
+            store.append(_spec_record(spec, "infeasible", why), sync=False)
+            bar.update(1)
+        store.sync()
         sub.fill()
 
 
@@ -370,7 +388,7 @@ def _sweep(p: Plan, suite: Suite, address, data_root, allow_unofficial, download
     try:
         slots = sum(int(n["resources"].get("CPU", 0) // max(suite.cpus_per_trial, 1)) for n in nodes) or 1
         sub = Submitter(p, arrays_ref, ceilings, window=max(2 * slots, 4), max_retries=max_retries,
-                        hang_grace_s=hang_grace_s, hooks=hooks)
+                        hang_grace_s=hang_grace_s, hooks=hooks, nodes=nodes)
         bar = progress_bar(len(p.runnable), progress)
         collect(sub, p.store, bar, counts)
         p.meta.update(first_submit_at=sub.first_submit_at, last_record_at=sub.last_record_at)

@@ -1,6 +1,6 @@
 """The driver's deadlines and its event loop, without a cluster: a retried task gets a fresh deadline, a
-restarted clock loses none, and a result that arrives by the time a trial is found overdue is kept, not
-cancelled."""
+restarted clock loses none, a result that arrives by the time a trial is found overdue is kept, not
+cancelled, and a node's death drops its attempts' deadlines and strands the trials only it could run."""
 import sys
 import types
 
@@ -24,6 +24,54 @@ def test_a_restarted_clock_keeps_every_deadline_the_driver_holds():
     assert d.seen == 2
     d.absorb("e2", [(1, "c", 105.0, 10.0, 1, "n")])  # a new clock numbers its events from 1 again
     assert d.seen == 1 and set(d.overdue(now=200.0)) == {"a", "b", "c"}
+
+
+def test_a_dead_nodes_attempts_lose_their_deadline_until_their_retry_starts():
+    """Issue 19 item 2: an attempt lost with its node must not time out while its retry queues elsewhere."""
+    d = Deadlines()
+    d.absorb("e1", [(1, "lost", 100.0, 10.0, 1, "n1"), (2, "kept", 100.0, 10.0, 1, "n2")])
+    assert d.nodes_lost({"n1"}) == ["lost"]
+    assert d.overdue(now=500.0) == {"kept": 400.0}  # queued for its retry: not running, so never overdue
+    d.absorb("e1", [(3, "lost", 450.0, 10.0, 2, "n2")])  # the retry starts: a fresh deadline
+    assert d.overdue(now=455.0) == {"kept": 355.0} and "lost" in d.overdue(now=461.0)
+
+
+def stranded_submitter(monkeypatch, alive_after: list[dict]):
+    """A Submitter (no Ray) with a GPU trial pending, one queued, a CPU trial queued, the GPU trial's attempt
+    started on n-gpu; cluster_nodes answers `alive_after`."""
+    gpu = [TrialSpec(Variant(hidden_size=h, num_layers=1, batch_size=8), mode="infer", device="cuda") for h in (8, 16)]
+    cpu = TrialSpec(Variant(hidden_size=8, num_layers=1, batch_size=8), mode="infer")
+    monkeypatch.setattr(cluster, "cluster_nodes", lambda: alive_after)
+    sub = object.__new__(cluster.Submitter)
+    sub.p = types.SimpleNamespace(requests={gpu[0].trial_id: {"CPU": 1, "GPU": 1}, gpu[1].trial_id: {"CPU": 1, "GPU": 1},
+                                            cpu.trial_id: {"CPU": 1}})
+    sub.pending, sub.queue, sub.nodes_polled_at = {"ref-gpu": gpu[0]}, [gpu[1], cpu], 0.0
+    sub.alive = {"n-cpu": "10.0.0.1", "n-gpu": "10.0.0.2"}
+    sub.deadlines = Deadlines()
+    sub.deadlines.absorb("e", [(1, gpu[0].trial_id, 100.0, 10.0, 1, "n-gpu")])
+    return sub, gpu, cpu
+
+
+def test_a_dead_gpu_node_strands_its_trials_at_the_next_poll(monkeypatch):
+    """Issue 19 item 3: the only GPU node dies: its pending and queued trials are returned, with why, at the
+    first poll that sees it gone; the CPU trial is not."""
+    head = {"node_id": "n-cpu", "node_ip": "10.0.0.1", "resources": {"CPU": 1.0}}
+    sub, gpu, cpu = stranded_submitter(monkeypatch, [head])
+    out = sub.stranded()
+    assert [(ref, s.trial_id) for ref, s, _ in out] == [("ref-gpu", gpu[0].trial_id), (None, gpu[1].trial_id)]
+    assert all("10.0.0.2" in why and "died" in why and "'GPU': 1" in why for *_, why in out)
+    assert sub.deadlines.by_trial == {} and sub.alive == {"n-cpu": "10.0.0.1"}
+    assert sub.stranded() == []  # within POLL_S: not asked again
+    sub.nodes_polled_at = 0.0
+    assert sub.stranded() == []  # nobody died since
+
+
+def test_a_dead_node_strands_nothing_another_alive_node_can_run(monkeypatch):
+    alive = [{"node_id": "n-cpu", "node_ip": "10.0.0.1", "resources": {"CPU": 1.0}},
+             {"node_id": "n-gpu2", "node_ip": "10.0.0.3", "resources": {"CPU": 1.0, "GPU": 1.0}}]
+    sub, gpu, cpu = stranded_submitter(monkeypatch, alive)
+    assert sub.stranded() == [] and sub.deadlines.by_trial == {}  # its deadline dropped all the same
+    assert set(sub.alive) == {"n-cpu", "n-gpu2"}  # a node that joined is counted from now on
 
 
 def test_clock_counts_attempts_and_co_tenants():
@@ -64,6 +112,9 @@ def run_collect(monkeypatch, finished_by_cancel: bool):
 
         def ended(self, trial_id):
             ended.append(trial_id)
+
+        def stranded(self):
+            return []
 
         def overdue(self):
             self.polled = True

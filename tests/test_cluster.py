@@ -96,6 +96,75 @@ def test_node_removed_mid_sweep_every_trial_ok_exactly_once(tmp_path):
         c.shutdown()
 
 
+def test_the_only_gpu_node_dies_its_trials_end_infeasible_and_the_sweep_ends(tmp_path):
+    """Issue 19 items 2 and 3: the one node with a GPU (Ray's GPU resource; the trials are stand-ins through the
+    hooks, so no CUDA is needed) is removed mid-sweep. Its queued and pending cuda trials end infeasible, naming
+    the dead node, within a poll or so of Ray declaring it dead; a cpu trial lost with it is retried on the head;
+    nothing is a timeout, nothing is lost, the run finishes. Before the fix the cuda trials waited for a GPU
+    forever (here: the watchdog interrupts the sweep and the status check fails)."""
+    import _thread
+
+    from harness.cluster import POLL_S, Hooks
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"timing_slot": 1}})
+    gpu_node = c.add_node(num_cpus=1, num_gpus=1, resources={"timing_slot": 1})
+    c.wait_for_nodes()
+    path = write_suite(tmp_path, "gpu-loss", n_hidden=(8, 16, 24), modes=["infer"],
+                       devices=["cpu", "cuda"])
+    suite = load_suite(path)
+    cuda_ids = {s.trial_id for s in suite.trials if s.device.startswith("cuda")}
+
+    def trial_fn(spec, extra=None, **_):  # nested: pickled by value
+        import time
+
+        from harness.schema import TrialResult
+        time.sleep(1.5 if spec.device.startswith("cuda") else 0.5)
+        return TrialResult(record={**spec.flat(), **(extra or {}), "status": "ok", "img_per_s": 1.0})
+
+    seen = {}
+
+    def remove_after_first_gpu_result():
+        deadline = time.time() + 60
+        while time.time() < deadline and "dead_at" not in seen:
+            recs = [r for f in (tmp_path / "results" / "gpu-loss").glob("*/trials.jsonl")
+                    for r in read_jsonl(f)[0]]
+            if any(r["trial_id"] in cuda_ids for r in recs):
+                c.remove_node(gpu_node)
+                while any(n["NodeID"] == gpu_node.node_id and n["Alive"] for n in ray.nodes()):
+                    time.sleep(0.05)
+                seen["dead_at"] = time.time()
+            time.sleep(0.1)
+        while time.time() < deadline:  # when did every cuda trial have its record?
+            recs = [r for f in (tmp_path / "results" / "gpu-loss").glob("*/trials.jsonl") for r in read_jsonl(f)[0]]
+            if {r["trial_id"] for r in recs} >= cuda_ids:
+                seen["cuda_done_at"] = time.time()
+                return
+            time.sleep(0.05)
+        _thread.interrupt_main()  # the sweep hangs: stop it (it ends "interrupted", which the test refuses)
+
+    watcher = threading.Thread(target=remove_after_first_gpu_result, daemon=True)
+    watcher.start()
+    try:
+        out = run_suite(suite, out_dir=tmp_path / "results", address=c.address, progress=False, hang_grace_s=1,
+                        hooks=Hooks(trial_fn=trial_fn, probe_s=0.1))
+        watcher.join(30)
+        meta = json.loads((out.run_dir / "run.json").read_text())
+        latest = {r["trial_id"]: r for r in read_jsonl(out.run_dir / "trials.jsonl")[0]}
+        infeasible = sorted(t for t, r in latest.items() if r["status"] == "infeasible")
+        delay = seen["cuda_done_at"] - seen["dead_at"]
+        print(f"\n{len(infeasible)} of {len(cuda_ids)} cuda trials infeasible, the last {delay:.2f} s after Ray "
+              f"declared the node dead; statuses {Counter(r['status'] for r in latest.values())}")
+        cnt = sweep_counts(out.run_dir, len(suite.trials))
+        assert meta["status"] == "finished" and cnt["lost"] == 0 and cnt["duplicates"] == 0
+        assert infeasible and set(infeasible) <= cuda_ids
+        assert all(r["status"] == "ok" for t, r in latest.items() if t not in infeasible)  # no timeout, no failure
+        assert all("died" in latest[t]["error"] and "GPU" in latest[t]["error"] for t in infeasible)
+        assert meta["infeasible"] == len(infeasible) and meta["ok"] == len(suite.trials) - len(infeasible)
+        assert delay <= POLL_S + 2.0, "stranded trials were not ended at the first poll after the node died"
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
 def test_driver_killed_then_resume_completes_without_rerunning_ok_trials(tmp_path):
     path = write_suite(tmp_path, "killed", n_hidden=(8, 16, 24), budget=1.0)
     suite = load_suite(path)
