@@ -36,7 +36,7 @@ TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 GRID_FIELDS = VARIANT_FIELDS + TRAIN_FIELDS + ("data",)  # what axes and fixed may set
 EXCLUDE_FIELDS = GRID_FIELDS + ("mode", "device")
 TOP_KEYS = ("name", "description", "axes", "fixed", "exclude", "modes", "devices", "cpus_per_trial",
-            "repeats", "seed", "time_budget_s", "max_budget_s", "placement", "memory_mb", "data")
+            "repeats", "seed", "time_budget_s", "max_budget_s", "sample_plan", "placement", "memory_mb", "data")
 SET_KEYS = TOP_KEYS + tuple(k for k in GRID_FIELDS if k not in TOP_KEYS)  # what --set may name
 DEVICE_KIND = choice("cpu", "cuda")  # a suite says which kind; which cuda:N a trial lands on is Ray's business
 DEFAULTS = {**dataclasses.asdict(Variant()), **dataclasses.asdict(TrainConfig()),
@@ -219,6 +219,7 @@ def _parse(data, source: str) -> Suite:
     seed = _checked(source, "seed", "seed", data.get("seed", 0))
     budget = _checked(source, "time_budget_s", "time_budget_s", data.get("time_budget_s"))  # None: per mode
     max_budget = _checked(source, "max_budget_s", "max_budget_s", data.get("max_budget_s"))  # None: 4x budget
+    sample_plan = _checked(source, "sample_plan", "sample_plan", data.get("sample_plan", "standard"))
     placement = _checked(source, "placement", "placement", data.get("placement"), PLACEMENT_RULE)
     memory_mb = _checked(source, "memory_mb", "memory_mb", data.get("memory_mb"), RULES["train_subset"])
     excludes = _excludes(source, data)
@@ -244,7 +245,8 @@ def _parse(data, source: str) -> Suite:
                 for repeat in range(repeats):
                     spec = TrialSpec(variant=variant, mode=mode, device=device, data=values["data"], seed=seed,
                                      threads=cpus if device == "cpu" else None, time_budget_s=budget,
-                                     max_budget_s=max_budget, repeat=repeat, train=train, suite=name)
+                                     max_budget_s=max_budget, sample_plan=sample_plan, repeat=repeat, train=train,
+                                     suite=name)
                     specs.setdefault(spec.trial_id, spec)
             except SpecError as e:
                 shown = {**dict(zip(axes, combo)), "mode": mode, "device": device}

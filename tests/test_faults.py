@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def suite_file(tmp_path: Path, name="faults", hidden=(8, 16), **extra) -> Path:
     s = {"name": name, "axes": {"hidden_size": list(hidden), "impl": ["cudnn", "naive"]},
          "fixed": {"seq": "row", "num_layers": 1, "batch_size": 16}, "modes": ["infer"], "devices": ["cpu"],
-         "cpus_per_trial": 1, "time_budget_s": 0.5, **extra}
+         "cpus_per_trial": 1, "time_budget_s": 0.5, "sample_plan": "pair", **extra}  # pair: ~1.5 s a trial
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(s))
     return path

@@ -100,7 +100,7 @@ def write_suite(tmp_path: Path) -> Path:
     suite = {"name": "netns-two-host", "axes": {"impl": ["cudnn", "naive", "lstmcell"]},
              "fixed": {"seq": "row", "hidden_size": 16, "num_layers": 1, "batch_size": 32},
              "modes": ["train", "infer"], "devices": ["cpu"], "data": "synthetic", "cpus_per_trial": 1,
-             "time_budget_s": 1}
+             "time_budget_s": 1, "sample_plan": "pair"}
     path = tmp_path / "netns-two-host.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
@@ -204,7 +204,7 @@ def test_tls_two_hosts_refuse_drivers_without_the_ca_and_run_the_smoke_suite(tmp
     from harness.suites import load_suite
 
     smoke = ROOT / "suites" / "smoke.yaml"
-    planned = {s.trial_id for s in load_suite(smoke, overrides={"cpus_per_trial": 1}).trials}
+    planned = {s.trial_id for s in load_suite(smoke, overrides={"cpus_per_trial": 1, "sample_plan": "pair"}).trials}
     out = tmp_path / "results"
     state = tempfile.mkdtemp(prefix="lbns-", dir="/tmp")  # short: Ray's unix socket paths live under it
     env = {k: v for k, v in os.environ.items()
@@ -249,7 +249,9 @@ def test_tls_two_hosts_refuse_drivers_without_the_ca_and_run_the_smoke_suite(tmp
                  "--address", f"{HEAD_IP}:6379", "--out", str(tmp_path / "intruder"), "--no-progress", "--quiet"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            run = _script("run", str(smoke), str(out), "--set", "cpus_per_trial=1", "--no-progress", "--quiet",
+            # the pair plan: ~1.5 s a trial, not ~10 s (this tests TLS and the two hosts, not the timings)
+            run = _script("run", str(smoke), str(out), "--set", "cpus_per_trial=1", "--set", "sample_plan=pair",
+                          "--no-progress", "--quiet",
                           env=env, timeout=360)
             seen_pids |= _ns_pids("lb-head") | _ns_pids("lb-worker")
             for name, p in intruders.items():

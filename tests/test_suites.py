@@ -122,6 +122,15 @@ def test_exclude_removes_exactly_the_matching_trials(tmp_path):
         assert (t.trial_id in gone) == matches
 
 
+def test_sample_plan_is_a_top_level_key_that_leaves_trial_ids_alone(tmp_path):
+    standard = load_suite(write(tmp_path, GRID))
+    pair = load_suite(write(tmp_path, GRID + "sample_plan: pair\n", "p.yaml"))
+    assert {t.sample_plan for t in standard.trials} == {"standard"} and {t.sample_plan for t in pair.trials} == {"pair"}
+    assert ids(standard) == ids(pair)  # the same trials, sampled another way
+    with pytest.raises(SuiteError, match=r"sample_plan: unknown sample_plan 'quick' \(choose from standard, pair\)"):
+        load_suite(write(tmp_path, GRID + "sample_plan: quick\n", "q.yaml"))
+
+
 def test_repeats_seed_threads_and_resources(tmp_path):
     text = GRID + "devices: [cpu, cuda]\nrepeats: 3\nseed: 7\ncpus_per_trial: 2\ntime_budget_s: 1.5\n"
     suite = load_suite(write(tmp_path, text))
