@@ -36,10 +36,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats as sps
 
 OUTCOMES = ("regression", "improvement", "unchanged", "inconclusive")
 THRESHOLD, ALPHA, POWER = 0.03, 0.05, 0.80
+
+
+def _sps():
+    """scipy.stats, imported on first use: it costs ~1-2 s, and neither the CLI's parser nor a trial's warm-up
+    rule and spread interval (numpy only) need it; a fresh `lstm-bench trial` process per A/B side paid it."""
+    from scipy import stats
+    return stats
 HL_EFFICIENCY = math.sqrt(math.pi / 3)  # HL's standard error / the mean's, normal errors
 
 
@@ -94,7 +100,7 @@ def wilcoxon_p(d) -> float:
         return 1.0
     a = np.abs(d[d != 0])
     exact = a.size == d.size and np.unique(a).size == a.size
-    return float(sps.wilcoxon(d, method="exact" if exact else "approx", zero_method="wilcox").pvalue)
+    return float(_sps().wilcoxon(d, method="exact" if exact else "approx", zero_method="wilcox").pvalue)
 
 
 def bh_select(p_values, alpha: float = ALPHA) -> np.ndarray:
@@ -102,7 +108,7 @@ def bh_select(p_values, alpha: float = ALPHA) -> np.ndarray:
     p = np.asarray(p_values, dtype=float)
     if p.size == 0:
         return np.zeros(0, dtype=bool)
-    return sps.false_discovery_control(p, method="bh") <= alpha
+    return _sps().false_discovery_control(p, method="bh") <= alpha
 
 
 def fcr_level(alpha: float, selected: int, tested: int) -> float:
@@ -124,7 +130,7 @@ def min_detectable_effect(sd: float, n: int, threshold: float = THRESHOLD, alpha
     regression with probability `power`: its interval (half-width ~ z * se) must clear 1 - threshold."""
     if n < 2 or not math.isfinite(sd):
         return math.inf
-    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    z = _sps().norm.ppf(1 - alpha / 2) + _sps().norm.ppf(power)
     return float(1.0 - math.exp(math.log1p(-threshold) - z * HL_EFFICIENCY * sd / math.sqrt(n)))
 
 
@@ -134,7 +140,7 @@ def pairs_for_effect(sd: float, effect: float, threshold: float = THRESHOLD, alp
     room = math.log1p(-threshold) - math.log1p(-effect)
     if room <= 0 or not math.isfinite(sd):
         return None
-    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(power)
+    z = _sps().norm.ppf(1 - alpha / 2) + _sps().norm.ppf(power)
     return max(2, math.ceil((z * HL_EFFICIENCY * sd / room) ** 2))
 
 
@@ -361,7 +367,7 @@ def change_point_test(values, min_runs: int = CP_MIN_RUNS, permutations: int = C
     if n < 2 * min_runs:
         shape = x.shape[:-1]
         return np.full(shape, -1), np.ones(shape)
-    ranks = sps.rankdata(x, axis=-1)
+    ranks = _sps().rankdata(x, axis=-1)
     observed = np.abs(rank_scan(ranks, min_runs))
     stat = observed.max(axis=-1)
     perms = block_permutations(n, count=permutations, seed=seed)
