@@ -18,11 +18,13 @@ process, ~13 s apart, 126 s in all; this 2-core VM, 2 threads, n=1024, while oth
 The busy machine shows: the ceiling is bimodal, ~140-180 GFLOP/s when both cores are free and ~53-60 when another
 process holds one (two threads then wait on each other). Within that steady (contended) mode the windows stay within
 11.2% of each other; two earlier runs of the script gave 12.9% and 21.8% (the latter with this module's tests also
-running once alongside). DRIFT_THRESHOLD is therefore 15% (the next 5% step above the steady wander, which is what
-the script recommends): the probe's own noise under one condition is not flagged, while a change of condition
-between a run's start and end probes (a core taken: -65%) is, which is the point. A 10% threshold flagged 18 of the
-45 start/end pairs of the run above, 15% flagged 15 (the mode switches only). On a quiet node a smaller threshold
-can be passed. On a shared node the probe measures the share of the hardware the run got, which is what a timing is
+running once alongside). DRIFT_THRESHOLD is therefore 25% in log terms, both ways: |ln(end/start)| > ln(1.25),
+an end probe below 0.8x or above 1.25x its start (the next 5% step above the largest steady wander, 21.8%; the 15%
+used until 2026-12-07 sat below it, and only falls were flagged, so a run that started contended and ended free
+was not). The probe's own noise under one condition is not flagged, while a change of condition between a run's
+start and end probes (a core taken: -65%, ln 0.35 = -1.05; a core freed: +180%) is, which is the point. A 10%
+one-sided threshold flagged 18 of the 45 start/end pairs of the run above, 15% flagged 15 (the mode switches
+only). On a quiet node a smaller threshold can be passed. On a shared node the probe measures the share of the hardware the run got, which is what a timing is
 comparable to.
 """
 
@@ -44,7 +46,7 @@ CUDA_N = 8192
 MIN_REPEATS = 5
 WARMUP_CALLS = 3
 SAMPLE_TARGET_S = 0.02
-DRIFT_THRESHOLD = 0.15
+DRIFT_THRESHOLD = 0.25  # |ln(end/start)| > ln(1 + DRIFT_THRESHOLD): see the module doc
 _DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -220,16 +222,20 @@ def _gflops(entry) -> float | None:
 
 
 def drifted(start: dict, end: dict, threshold: float = DRIFT_THRESHOLD) -> list[str]:
-    """Reasons, one per precision whose end-of-run ceiling fell below its start by more than `threshold`."""
+    """Reasons, one per precision whose end-of-run ceiling moved either way beyond `threshold` in log terms:
+    |ln(end/start)| > ln(1 + threshold) (a fall to below 1/(1 + threshold) of the start, or a rise above 1 +
+    threshold: a run that started contended and ended free drifted as much as the reverse)."""
+    import math
     reasons = []
     for precision in start:
         before, after = _gflops(start.get(precision)), _gflops(end.get(precision))
-        if not before or after is None:
+        if not before or not after:
             continue
-        drop = 1.0 - after / before
-        if drop > threshold:
-            reasons.append(f"{precision} ceiling fell {100 * drop:.0f}% between the run's start and end probes "
-                           f"(threshold {100 * threshold:.0f}%): {before:.1f} -> {after:.1f} GFLOP/s")
+        if abs(math.log(after / before)) > math.log1p(threshold):
+            how = "fell" if after < before else "rose"
+            reasons.append(f"{precision} ceiling {how} {100 * abs(after / before - 1):.0f}% between the run's start "
+                           f"and end probes (threshold: x{1 + threshold:.2f} either way): {before:.1f} -> "
+                           f"{after:.1f} GFLOP/s")
     return reasons
 
 
@@ -239,3 +245,29 @@ def ceiling_frac(gflop_per_s: float | None, ceiling) -> float | None:
     if gflop_per_s is None or not ceil:
         return None
     return gflop_per_s / ceil
+
+
+def flag_drifted_nodes(p, end: dict) -> int:  # p: a plan.Plan (its meta and store)
+    """Compare each node's end-of-run probes with its start; a node whose ceiling fell by more than the probe's
+    own wander (ceiling.DRIFT_THRESHOLD) gets this run's ok timing records appended again, flagged noisy with
+    the reason (the latest record of a trial wins). Returns how many records were flagged."""
+    from .store import latest_by_trial, read_jsonl
+    ceilings = p.meta.setdefault("ceilings", {})
+    reasons = {}
+    for node_id, probes in end.items():
+        ceilings.setdefault(node_id, {})["end"] = probes
+        start = ceilings[node_id].get("start", {})
+        why = [r for kind in probes for r in drifted(start.get(kind, {}), probes[kind])]
+        if why:
+            ceilings[node_id]["drifted"] = why
+            reasons[node_id] = "; ".join(why)
+    flagged = 0
+    attempt = p.meta.get("attempt_started_at", "")
+    for rec in latest_by_trial(read_jsonl(p.store.trials_path)[0]).values():
+        why = reasons.get(rec.get("node_id"))
+        if why and rec.get("status") == "ok" and rec.get("mode") in ("train", "infer") \
+                and (rec.get("started_at") or "") >= attempt:
+            note = "; ".join(x for x in (rec.get("noise_reasons"), f"node drifted: {why}") if x)
+            p.store.append({**rec, "noisy": True, "noise_reasons": note})
+            flagged += 1
+    return flagged
