@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .ceiling import flag_drifted_nodes
 from .clock import Deadlines, TrialClock
 from .env import code_version
 from .errors import HarnessError
@@ -31,7 +32,7 @@ from .plan import Plan, code_identity, place, placement_of, plan
 from .progress import progress_bar
 from .schema import TrialResult
 from .spec import TrialSpec
-from .store import RunStore, latest_by_trial, read_jsonl
+from .store import RunStore
 from .suites import Suite
 
 MAX_RETRIES = 3  # for tasks lost with a worker process or node (system failures), not for trial errors
@@ -40,6 +41,11 @@ WAIT_BATCH = 64  # results collected per ray.wait
 # OOM_RETRIES (nodes.py): a trial killed for memory is retried once (Ray's default is forever), on any cluster
 POLL_S = 1.0     # how often the driver asks the clock for start events (and looks for hung trials)
 PROBE_S = 1.0    # seconds of each node's GEMM probe, per precision, at the start and end of a run
+# A timing trial that comes back contaminated by something outside it (other processes on its cores, cgroup
+# throttling, a warm-up that never settled) is run again, at most this often; its record is kept as status
+# "contaminated" (the latest record of a trial wins) and the last attempt's record stands, flagged if still so.
+CONTAMINATED_RERUNS = 2
+RERUN_REASONS = ("other processes used", "quota throttled", "warm-up unsettled")
 
 
 @dataclass
@@ -155,6 +161,7 @@ class Submitter:
         self.queue = list(p.runnable)
         self.pending: dict = {}  # ObjectRef -> TrialSpec
         self.deadlines = Deadlines()
+        self.reruns: dict[str, int] = {}  # trial_id -> reruns after a contaminated result
         self.first_submit_at = self.last_record_at = None  # epoch seconds, for run.json (driver overhead)
         self.polled_at = self.nodes_polled_at = 0.0
         self.alive = {n["node_id"]: n["node_ip"] for n in nodes}  # node_id -> ip, as of the last poll
@@ -196,6 +203,20 @@ class Submitter:
             pass
         late = self.deadlines.overdue()
         return [(ref, s, late[s.trial_id]) for ref, s in self.pending.items() if s.trial_id in late]
+
+    def rerun_if_contaminated(self, spec: TrialSpec, rec: dict) -> bool:
+        """Queue `spec` again (first) when `rec` is an ok timing result contaminated from outside and reruns are
+        left; returns whether it did."""
+        reasons = rec.get("noise_reasons") or ""
+        # the pair plan caps its warm-up at 0.6 s by design (it is for pairs, or a quick check): not a rerun
+        rerun_for = [r for r in RERUN_REASONS if spec.sample_plan != "pair" or not r.startswith("warm-up")]
+        if rec.get("status") != "ok" or rec.get("mode") not in ("train", "infer") or not rec.get("noisy") \
+                or not any(r in reasons for r in rerun_for) \
+                or self.reruns.get(spec.trial_id, 0) >= CONTAMINATED_RERUNS:
+            return False
+        self.reruns[spec.trial_id] = self.reruns.get(spec.trial_id, 0) + 1
+        self.queue.insert(0, spec)
+        return True
 
     def stranded(self) -> list[tuple[object | None, TrialSpec, str]]:
         """After a node dies (looked for every POLL_S): the deadlines of attempts that ran there are dropped
@@ -241,9 +262,17 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
     import ray
 
     def record(result: TrialResult, spec: TrialSpec) -> None:
+        sub.deadlines.forget(spec.trial_id)
+        if sub.rerun_if_contaminated(spec, result.record):
+            n = sub.reruns[spec.trial_id]
+            store.add(TrialResult(record={**result.record, "status": "contaminated", "error":
+                                          f"rerun {n} of at most {CONTAMINATED_RERUNS}: {result.record['noise_reasons']}"}),
+                      sync=False)
+            return
+        if spec.trial_id in sub.reruns:
+            result.record["reruns"] = sub.reruns[spec.trial_id]
         rec = store.add(result, sync=False)  # one fsync per batch, below, before the loop moves on
         sub.last_record_at = time.time()
-        sub.deadlines.forget(spec.trial_id)
         counts["ok" if rec.get("status") == "ok" else "failed"] += 1
         bar.update(1)
         bar.set_postfix(failed=counts["failed"], running=len(sub.pending), queued=len(sub.queue), refresh=False)
@@ -302,32 +331,6 @@ def _result(ref, spec: TrialSpec, ended: Callable[[str], None]) -> TrialResult:
         ended(spec.trial_id)
         return TrialResult(record=_spec_record(spec, "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
                                                started_at=None, duration_s=None))
-
-
-def flag_drifted_nodes(p: Plan, end: dict) -> int:
-    """Compare each node's end-of-run probes with its start; a node whose ceiling fell by more than the probe's
-    own wander (ceiling.DRIFT_THRESHOLD) gets this run's ok timing records appended again, flagged noisy with
-    the reason (the latest record of a trial wins). Returns how many records were flagged."""
-    from .ceiling import drifted
-    ceilings = p.meta.setdefault("ceilings", {})
-    reasons = {}
-    for node_id, probes in end.items():
-        ceilings.setdefault(node_id, {})["end"] = probes
-        start = ceilings[node_id].get("start", {})
-        why = [r for kind in probes for r in drifted(start.get(kind, {}), probes[kind])]
-        if why:
-            ceilings[node_id]["drifted"] = why
-            reasons[node_id] = "; ".join(why)
-    flagged = 0
-    attempt = p.meta.get("attempt_started_at", "")
-    for rec in latest_by_trial(read_jsonl(p.store.trials_path)[0]).values():
-        why = reasons.get(rec.get("node_id"))
-        if why and rec.get("status") == "ok" and rec.get("mode") in ("train", "infer") \
-                and (rec.get("started_at") or "") >= attempt:
-            note = "; ".join(x for x in (rec.get("noise_reasons"), f"node drifted: {why}") if x)
-            p.store.append({**rec, "noisy": True, "noise_reasons": note})
-            flagged += 1
-    return flagged
 
 
 def finalize(p: Plan, ok: int, failed: int, status: str) -> RunOutcome:

@@ -23,13 +23,15 @@ Method (after torch.utils.benchmark's blocked_autorange, without its stop-when-q
      simulates it). The old rule (stop as soon as the IQR looked small) passed a 10.8% cell as quiet 38% of
      the time and then reported ~3.5%.
 
-Noise: a measurement is `noisy` when the spread is wide (relative IQR above `rel_iqr`, 5%), the plan was not
-finished, the warm-up never settled, or other processes used CPU time that the trial needed. On the 2-core
-machines here a second busy process made a row/128 training step 30x slower (shared/anchors.md). The 1-minute
-load average lags and counts this process's own threads, so instead we read what the whole machine spent
-(/proc/stat) minus what this process spent during the timed window: that is the CPU time other processes took,
-in cores. If it exceeds the cores the trial left free (available cores - threads used), the trial competed for
-its cores and the result is flagged.
+Spread is not noise. A wide spread (relative IQR above `rel_iqr`, 5%) is variance: it is reported (`rel_iqr`
+with its interval, `wide_spread`) and the cell stays in plots, tables and verdicts, drawn with its interval. A
+measurement is `noisy` -- contaminated: its number is biased or off its plan -- when the plan was not finished,
+the warm-up never settled, other processes used CPU time that the trial needed, or the cgroup throttled it (the
+sweep reruns a contaminated trial, see cluster.CONTAMINATED_RERUNS). On the 2-core machines here a second busy
+process made a row/128 training step 30x slower (shared/anchors.md). The 1-minute load average lags and counts
+this process's own threads, so instead we read what the whole machine spent (/proc/stat) minus what this process
+spent during the timed window: that is the CPU time other processes took, in cores. If it exceeds the cores the
+trial left free (available cores - threads used), the trial competed for its cores and the result is flagged.
 """
 
 from __future__ import annotations
@@ -127,8 +129,6 @@ class Measurement:
                            f"(the plan is {planned} blocks and at least {self.min_steps} steps)")
         if not self.warmup_settled:
             reasons.append("warm-up unsettled: block throughput still drifting when the warm-up cap was reached")
-        if self.rel_iqr > self.rel_iqr_target:
-            reasons.append(f"IQR {100 * self.rel_iqr:.1f}% of median > {100 * self.rel_iqr_target:.0f}%")
         contention = contention_reason(self.external_cores, self.free_cores)
         if contention:
             reasons.append(contention)
@@ -138,7 +138,13 @@ class Measurement:
 
     @property
     def noisy(self) -> bool:
+        """Contaminated (see the module doc): biased or off its plan, unlike a wide spread."""
         return bool(self.noise_reasons)
+
+    @property
+    def wide_spread(self) -> bool:
+        """The blocks' relative IQR is above the target: variance, reported with its interval, not a flag."""
+        return self.rel_iqr > self.rel_iqr_target
 
 
 def contention_reason(external_cores: float, free_cores: float) -> str | None:

@@ -46,7 +46,7 @@ def _f(group: str, rows: str) -> tuple[Field, ...]:
 RESULT_FIELDS: tuple[Field, ...] = (
     *_f("outcome", """
 trial_id       | str   |      |          | stable hash of the trial's identity (spec without budget or suite name)
-status         | str   |      |          | ok, failed, timeout, infeasible
+status         | str   |      |          | ok, failed, timeout, infeasible (contaminated: an attempt the sweep ran again)
 error          | str   |      |          | one line: why the trial did not finish ok
 error_detail   | str   |      |          | the last lines of the traceback of a failed trial
 started_at     | str   |      |          | ISO time the trial started (UTC)
@@ -85,13 +85,15 @@ img_per_s_iqr      | float | img/s  | {:,.1f} | interquartile range of the per-b
 rel_iqr            | float |        | {:.3f}  | img_per_s_iqr / img_per_s: the spread of the timed blocks
 rel_iqr_low        | float |        | {:.3f}  | lower end of a 95% bootstrap interval of rel_iqr (blocks resampled; null in records before it)
 rel_iqr_high       | float |        | {:.3f}  | upper end of that interval
+wide_spread        | bool  |        |         | rel_iqr above 5%: variance, kept in plots and verdicts with its interval (null in records before it, where a wide spread set noisy)
 latency_ms_p50     | float | ms     | {:.2f}  | median time of one step (one batch)
 latency_ms_p90     | float | ms     | {:.2f}  | 90th percentile step time
 latency_ms_p99     | float | ms     | {:.2f}  | 99th percentile step time
 lstm_gflop_per_batch | float | GFLOP | {:.3f} | analytic FLOPs of the LSTM GEMMs per batch (x3 when training)
 gflop_per_s        | float | GFLOP/s | {:,.2f} | lstm_gflop_per_batch achieved per second
-noisy              | bool  |        |         | the number should not be trusted (see noise_reasons)
-noise_reasons      | str   |        |         | why noisy: wide spread, too few blocks, other processes using the cores, profiled
+noisy              | bool  |        |         | contaminated: biased or off its plan, left out of verdicts and medians (see noise_reasons); a wide spread alone is not noisy (before 2026-12-07 it was)
+reruns             | int   |        |         | how often the sweep ran this trial again because it came back contaminated from outside (null: never); the earlier attempts' records have status contaminated
+noise_reasons      | str   |        |         | why noisy: the plan not finished, the warm-up unsettled, other processes using the cores, cgroup throttling, a node's drift, a recompile, profiled
 external_cpu_cores | float | cores  |         | CPU other processes kept busy during the timed window
 cgroup_throttled_ms | float | ms    |         | time the container's CPU quota held the trial back in its timed window (null: no quota)
 timed_blocks       | int   |        |         | timed blocks

@@ -60,6 +60,7 @@ def measured_fields(m: Measurement, spec: TrialSpec) -> dict:
         "rel_iqr": m.rel_iqr,
         "rel_iqr_low": lo,
         "rel_iqr_high": hi,
+        "wide_spread": m.wide_spread,
         "latency_ms_p50": m.latency_ms(50), "latency_ms_p90": m.latency_ms(90), "latency_ms_p99": m.latency_ms(99),
         **gemm_fields(spec.variant, spec.mode, ips),
         "noisy": m.noisy,

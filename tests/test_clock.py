@@ -74,6 +74,25 @@ def test_a_dead_node_strands_nothing_another_alive_node_can_run(monkeypatch):
     assert set(sub.alive) == {"n-cpu", "n-gpu2"}  # a node that joined is counted from now on
 
 
+def test_a_trial_contaminated_from_outside_is_queued_again_at_most_twice():
+    spec = TrialSpec(Variant(hidden_size=8, num_layers=1, batch_size=8), mode="infer")
+    sub = object.__new__(cluster.Submitter)
+    sub.queue, sub.reruns = [], {}
+    busy = {**spec.flat(), "status": "ok", "noisy": True, "noise_reasons": "other processes used 1.6 cores; 1 were free"}
+    assert sub.rerun_if_contaminated(spec, busy) and sub.rerun_if_contaminated(spec, busy)
+    assert not sub.rerun_if_contaminated(spec, busy)  # CONTAMINATED_RERUNS spent: the third result stands
+    assert sub.queue == [spec, spec] and sub.reruns == {spec.trial_id: 2}
+    other = TrialSpec(Variant(hidden_size=16, num_layers=1, batch_size=8), mode="infer")
+    for rec in ({**busy, "status": "failed"}, {**busy, "noisy": False, "noise_reasons": ""},
+                {**busy, "noise_reasons": "insufficient samples: 9 steps in 9 blocks"},   # a rerun would not help
+                {**busy, "noise_reasons": "profiled", "mode": "profile"}):
+        assert not sub.rerun_if_contaminated(other, rec)
+    assert sub.rerun_if_contaminated(other, {**busy, "noise_reasons": "warm-up unsettled: block throughput ..."})
+    quick = TrialSpec(Variant(hidden_size=24, num_layers=1, batch_size=8), mode="infer", sample_plan="pair")
+    assert not sub.rerun_if_contaminated(quick, {**busy, "noise_reasons": "warm-up unsettled: ..."})  # capped so
+    assert sub.rerun_if_contaminated(quick, busy)
+
+
 def test_clock_counts_attempts_and_co_tenants():
     c = TrialClock()
     assert c.start("a", 5.0, "n1") == 1 and c.start("a", 5.0, "n1") == 2
@@ -105,10 +124,13 @@ def run_collect(monkeypatch, finished_by_cancel: bool):
         exceptions=types.SimpleNamespace(OutOfMemoryError=MemoryError)))
 
     class Sub:
-        pending, queue, deadlines, polled = {ref: spec}, [], Deadlines(), False
+        pending, queue, deadlines, polled, reruns = {ref: spec}, [], Deadlines(), False, {}
 
         def fill(self):
             pass
+
+        def rerun_if_contaminated(self, spec, rec):
+            return False
 
         def ended(self, trial_id):
             ended.append(trial_id)

@@ -234,3 +234,29 @@ def test_a_dataset_that_cannot_be_read_fails_before_run_json_says_running(tmp_pa
     with pytest.raises(HarnessError):
         run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, data_root=str(tmp_path / "none"))
     assert not list((tmp_path / "r").glob("*/*/run.json"))
+
+
+def test_a_trial_contaminated_from_outside_is_rerun_and_its_first_record_kept_as_contaminated(tmp_path, local_ray):
+    """Issue 18: a timing result flagged for other processes on its cores is run again (cluster.CONTAMINATED_RERUNS);
+    the first attempt stays in trials.jsonl as status contaminated, the rerun's record (reruns 1) is the trial's."""
+    suite = load_suite(suite_file(tmp_path, name="contaminated", hidden=(8,)))
+    busy_once = tmp_path / "busy-once"
+
+    def trial_fn(spec, extra=None, **_):  # nested: pickled by value
+        from harness.schema import TrialResult
+        rec = {**spec.flat(), **(extra or {}), "status": "ok", "img_per_s": 1.0, "noisy": False, "noise_reasons": ""}
+        if spec.variant.impl == "naive":
+            try:
+                busy_once.touch(exist_ok=False)  # only the first attempt sees the other process
+                rec.update(noisy=True, noise_reasons="other processes used 1.8 cores; 1 were free")
+            except FileExistsError:
+                pass
+        return TrialResult(record=rec)
+
+    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hooks=Hooks(trial_fn=trial_fn, probe_s=0.1))
+    records, _ = read_jsonl(out.run_dir / "trials.jsonl")
+    naive = [r for r in records if r["impl"] == "naive"]
+    assert [r["status"] for r in naive] == ["contaminated", "ok"] and "rerun 1 of at most 2" in naive[0]["error"]
+    assert naive[1]["reruns"] == 1 and not naive[1]["noisy"]
+    c = sweep_counts(out.run_dir, len(suite.trials))
+    assert c["ok"] == 2 and c["duplicates"] == 0 and out.ok == 2 and out.failed == 0

@@ -116,7 +116,8 @@ def test_a_trial_that_cannot_allocate_its_model_is_failed_and_the_sweep_goes_on(
     c = sweep_counts(out.run_dir, len(suite.trials))
     assert c == {"planned": 3, "ok": 2, "failed": 1, "lost": 0, "duplicates": 0, "torn": 0}
     records, _ = read_jsonl(out.run_dir / "trials.jsonl")
-    (bad,) = [r for r in records if r["status"] != "ok"]
+    print("records:", [(r["hidden_size"], r["status"], r.get("noise_reasons")) for r in records])
+    (bad,) = [r for r in latest_by_trial(records).values() if r["status"] != "ok"]
     print(f"failed trial: hidden_size {bad['hidden_size']}: {bad['error'][:160]}")
     assert bad["hidden_size"] == 65536 and bad["status"] == "failed"
     assert "RuntimeError" in bad["error"] and "allocate" in bad["error"], bad["error"]

@@ -12,9 +12,10 @@ mean of its per-spec speedups over the specs both ran (ties: the impl that ran m
 rather than "closest to each spec's best on average", which an impl that ran only its one good spec would
 win; and a geometric mean rather than a mean of img/s, which the fastest specs alone would decide.
 
-Why noisy cells are in it: on a shared machine most cells of a short suite are noisy (15 of the smoke
-baseline's 24), and a headline from the clean ones alone answers for a few specs and hides that. So every ok
-cell counts (read from its non-noisy trials where it has any), and the row says how many of its cells had
+Why noisy cells are in it: noisy means contaminated (other processes on the cores, throttling, an unsettled
+warm-up, a plan cut short: rerun by the sweep, flagged if still so; a wide spread alone is not noisy since
+2026-12-07: 8 of the smoke baseline's 15 noisy cells of 24 were so by spread alone), and a headline from the clean ones
+alone could answer for a few specs and hide that. So every ok cell counts (read from its non-noisy trials where it has any), and the row says how many of its cells had
 only noisy ones; the throughput tables further down keep their non-noisy medians. The speedup per spec is the ratio of the median per-sample img/s (step_ms, else
 block_img_per_s; repeats of one spec pooled), as `lstm-bench compare` computes it; the interval is a
 percentile interval of the geometric mean over specs, each spec's ratio redrawn by compare's circular block
