@@ -300,7 +300,8 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
                 spec, "timeout", f"still running {ran:.0f} s after it started (time budget {spec.budget_s:g} s, "
                 f"at most {spec.max_budget:g} s, + grace): cancelled", duration_s=ran)), spec)
             store.sync()
-        for ref, spec, why in sub.stranded():  # a node died and with it the only place these trials could run
+        stranded = sub.stranded()
+        for ref, spec, why in stranded:  # a node died and with it the only place these trials could run
             if ref is None:
                 sub.queue.remove(spec)
             else:
@@ -311,7 +312,8 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
             sub.p.infeasible.append(spec)  # counted as infeasible in run.json, as those known at the start
             store.append(_spec_record(spec, "infeasible", why), sync=False)
             bar.update(1)
-        store.sync()
+        if stranded:  # one fsync for them (the loop's own sync above covers the batch of results)
+            store.sync()
         sub.fill()
 
 
