@@ -5,7 +5,7 @@ A session = cells (a suite's train/infer trials) x pairs. Each pair runs the cel
 to back on one node (pairs.py), each in a fresh process; the order of each cell's pairs is AB/BA, balanced and
 shuffled (stats.balanced_orders), and rounds interleave the cells so every cell's pairs spread over the whole
 session. A pair with a failed or contaminated side is rerun with the same order (balance kept), at most
-MAX_RERUNS times, then reported as lost. After the first `pairs` rounds, the cells still inconclusive get `step`
+MAX_RERUNS times (the suite key `reruns` sets it), then reported as lost. After the first `pairs` rounds, the cells still inconclusive get `step`
 more pairs, up to `max_pairs`: counts fixed before the session starts, never "until significant".
 Statistics: stats.paired_verdicts on log(candidate img/s / baseline img/s) per pair.
 
@@ -59,6 +59,7 @@ class Settings:
     alpha: float = stats.ALPHA
     fail_on: str = "regression"
     seed: int = 0
+    reruns: int = MAX_RERUNS  # the suite's `reruns` key, where it has one
 
     def check(self) -> "Settings":
         if not 2 <= self.pairs <= self.max_pairs <= 1000:
@@ -117,7 +118,7 @@ class Session:
     cells: list[Cell]
     pairs: dict = field(default_factory=dict)      # cell -> list of accepted pair dicts
     reruns: dict = field(default_factory=dict)     # cell -> reruns
-    lost: dict = field(default_factory=dict)       # cell -> pairs given up after MAX_RERUNS reruns
+    lost: dict = field(default_factory=dict)       # cell -> pairs given up after settings.reruns reruns
     verdicts: dict = field(default_factory=dict)   # cell -> stats.PairedVerdict
     fingerprints: set = field(default_factory=set)
     calibration: dict | None = None
@@ -149,7 +150,7 @@ def _pair_options(cell: Cell):
 
 
 def run_pairs(session: Session, jobs: list[dict], refs: dict, sink, progress=None, pair_fn=None,
-              window: int = 1) -> None:
+              window: int = 1, reruns: int = MAX_RERUNS) -> None:
     """Run `jobs` (one per pair) in their order, at most `window` in flight (the cluster's timing slots: Ray
     would otherwise start queued tasks by resource shape, not by submission, and a session of 2 GiB train pairs
     and 1 GiB infer pairs ran all train pairs first, un-interleaving the rounds); rerun the contaminated next.
@@ -192,7 +193,7 @@ def run_pairs(session: Session, jobs: list[dict], refs: dict, sink, progress=Non
             pair["reasons"] = "; ".join(reasons)
             sink(pair)
             if reasons:
-                if job["attempt"] < MAX_RERUNS:
+                if job["attempt"] < reruns:
                     session.reruns[job["cell"]] = session.reruns.get(job["cell"], 0) + 1
                     queue.appendleft({**job, "attempt": job["attempt"] + 1})
                 else:
@@ -269,7 +270,7 @@ def run_session(cells: list[Cell], trees: dict[str, CodeTree], settings: Setting
         while counts:
             start = {n: len(session.pairs.get(n, [])) + session.lost.get(n, 0) for n in counts}
             run_pairs(session, interleaved_jobs(cells, counts, start, orders, sides_of, rng), refs, sink, progress,
-                      pair_fn, window)
+                      pair_fn, window, settings.reruns)
             if session.calibration is None and session.fingerprints and results_root is not None:
                 session.calibration, path = load_calibration(results_root, sorted(session.fingerprints)[0])
                 meta["calibration"] = str(path) if path else None

@@ -4,6 +4,7 @@ written or started, so bad input ends in one line and leaves no half session beh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import signal
 import sys
@@ -76,6 +77,11 @@ def _settings(a):
                     fail_on=getattr(a, "fail_on", "regression"), seed=a.seed).check()
 
 
+def _suite_reruns(settings, suite):
+    """The suite's `reruns` key, where it has one, says how often a contaminated pair is run again."""
+    return settings if suite.reruns is None else dataclasses.replace(settings, reruns=suite.reruns)
+
+
 def _suite(a):
     from .suites import load_suite, parse_sets
     return load_suite(a.suite, parse_sets(a.set))
@@ -123,6 +129,7 @@ def cmd_ab(a) -> int:
             raise HarnessError(f"ab: the candidate {cand.short} holds the same harness as the baseline "
                                f"{base.short}: nothing to compare (calibrate runs A/A on purpose)")
     suite = _suite(a)
+    settings = _suite_reruns(settings, suite)
     cells = plan_cells(suite, sets, base.pair_plan and cand.pair_plan)
     if sets and all(c.baseline == c.candidate for c in cells):
         raise HarnessError(f"ab: --candidate-set {' '.join(a.candidate_set)} changes no cell of {suite.name}")
@@ -147,7 +154,9 @@ def cmd_calibrate(a) -> int:
         raise HarnessError(f"calibrate: --sessions must be in 1..100, got {a.sessions}")
     settings = _settings(a)
     tree = _worktree_side(a.allow_dirty)
-    cells = plan_cells(_suite(a), {}, tree.pair_plan)
+    suite = _suite(a)
+    settings = _suite_reruns(settings, suite)
+    cells = plan_cells(suite, {}, tree.pair_plan)
     command = "lstm-bench " + " ".join(shlex.quote(x) for x in a._argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sessions = []

@@ -64,10 +64,12 @@ class Hooks:
 def hang_limit_s(spec: TrialSpec, grace_s: float) -> float:
     """How long a trial may run before it is cancelled as hung: set-up, data and backend detection happen
     outside the budget, hence the grace; each of the two passes (end to end, then the model alone) may stretch
-    to max_budget to finish its sample plan, and its warm-up cap does not depend on the budget. An accuracy
-    trial without a budget is never cancelled."""
+    to max_budget to finish its sample plan, and its warm-up cap does not depend on the budget. The pair plan: one
+    pass, its warm-up capped at 0.6 s (factor 2 kept as headroom). Accuracy with no budget: never cancelled."""
     from .measure import WARMUP_CAP_S
-    return grace_s + 2 * (spec.max_budget + max(WARMUP_CAP_S.values()))
+    from .trial import PAIR_WARMUP_CAP_S
+    cap = PAIR_WARMUP_CAP_S if spec.sample_plan == "pair" else max(WARMUP_CAP_S.values())
+    return grace_s + 2 * (spec.max_budget + cap)
 
 
 def _trial_task(spec_flat: dict, arrays, clock, limit_s: float, ceilings: dict, placement: str,
@@ -162,6 +164,7 @@ class Submitter:
         self.pending: dict = {}  # ObjectRef -> TrialSpec
         self.deadlines = Deadlines()
         self.reruns: dict[str, int] = {}  # trial_id -> reruns after a contaminated result
+        self.max_reruns = CONTAMINATED_RERUNS if p.suite.reruns is None else p.suite.reruns
         self.first_submit_at = self.last_record_at = None  # epoch seconds, for run.json (driver overhead)
         self.polled_at = self.nodes_polled_at = 0.0
         self.alive = {n["node_id"]: n["node_ip"] for n in nodes}  # node_id -> ip, as of the last poll
@@ -212,7 +215,7 @@ class Submitter:
         rerun_for = [r for r in RERUN_REASONS if spec.sample_plan != "pair" or not r.startswith("warm-up")]
         if rec.get("status") != "ok" or rec.get("mode") not in ("train", "infer") or not rec.get("noisy") \
                 or not any(r in reasons for r in rerun_for) \
-                or self.reruns.get(spec.trial_id, 0) >= CONTAMINATED_RERUNS:
+                or self.reruns.get(spec.trial_id, 0) >= self.max_reruns:
             return False
         self.reruns[spec.trial_id] = self.reruns.get(spec.trial_id, 0) + 1
         self.queue.insert(0, spec)
@@ -266,7 +269,7 @@ def collect(sub: Submitter, store: RunStore, bar, counts: dict) -> None:
         if sub.rerun_if_contaminated(spec, result.record):
             n = sub.reruns[spec.trial_id]
             store.add(TrialResult(record={**result.record, "status": "contaminated", "error":
-                                          f"rerun {n} of at most {CONTAMINATED_RERUNS}: {result.record['noise_reasons']}"}),
+                                          f"rerun {n} of at most {sub.max_reruns}: {result.record['noise_reasons']}"}),
                       sync=False)
             return
         if spec.trial_id in sub.reruns:

@@ -36,7 +36,7 @@ TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 GRID_FIELDS = VARIANT_FIELDS + TRAIN_FIELDS + ("data",)  # what axes and fixed may set
 EXCLUDE_FIELDS = GRID_FIELDS + ("mode", "device")
 TOP_KEYS = ("name", "description", "axes", "fixed", "exclude", "modes", "devices", "cpus_per_trial",
-            "repeats", "seed", "time_budget_s", "max_budget_s", "sample_plan", "placement", "memory_mb", "data")
+            "repeats", "seed", "time_budget_s", "max_budget_s", "sample_plan", "reruns", "placement", "memory_mb", "data")
 SET_KEYS = TOP_KEYS + tuple(k for k in GRID_FIELDS if k not in TOP_KEYS)  # what --set may name
 DEVICE_KIND = choice("cpu", "cuda")  # a suite says which kind; which cuda:N a trial lands on is Ray's business
 DEFAULTS = {**dataclasses.asdict(Variant()), **dataclasses.asdict(TrainConfig()),
@@ -44,6 +44,7 @@ DEFAULTS = {**dataclasses.asdict(Variant()), **dataclasses.asdict(TrainConfig())
 PLACEMENTS = ("exclusive", "shared")  # one timing trial per node at a time, or packed as the resources allow
 PLACEMENT_RULE = dataclasses.replace(choice(*PLACEMENTS), optional=True)
 LABEL_FIELDS = {"seq", "patch_size", "hidden_size", "num_layers", "bidirectional", "impl", "batch_size", "dtype"}
+RERUNS_RULE = dataclasses.replace(RULES["repeat"], optional=True)  # an integer >= 0
 MAX_TRIALS = 100_000  # a typo like repeats: 100000000 should be an error, not an hour of building specs
 MAX_MESSAGE = 400
 
@@ -61,6 +62,7 @@ class Suite:
     overrides: dict = field(default_factory=dict, compare=False, hash=False)  # --set key: value, in order
     placement: str | None = None  # exclusive or shared; None: each mode's default (plan.placement_of)
     memory_mb: int | None = None  # Ray memory each trial reserves; None: each mode's default (plan.DEFAULT_MEMORY_MB)
+    reruns: int | None = None  # reruns of a contaminated timing trial; None: cluster.CONTAMINATED_RERUNS
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,6 +223,7 @@ def _parse(data, source: str) -> Suite:
     max_budget = _checked(source, "max_budget_s", "max_budget_s", data.get("max_budget_s"))  # None: 4x budget
     sample_plan = _checked(source, "sample_plan", "sample_plan", data.get("sample_plan", "standard"))
     placement = _checked(source, "placement", "placement", data.get("placement"), PLACEMENT_RULE)
+    reruns = _checked(source, "reruns", "reruns", data.get("reruns"), RERUNS_RULE)
     memory_mb = _checked(source, "memory_mb", "memory_mb", data.get("memory_mb"), RULES["train_subset"])
     excludes = _excludes(source, data)
 
@@ -256,7 +259,7 @@ def _parse(data, source: str) -> Suite:
         raise _err(source, "exclude", "no trials left after exclude")
 
     return Suite(name=name, description=description, path=str(source), sha256="", trials=tuple(specs.values()),
-                 cpus_per_trial=cpus, time_budget_s=budget, placement=placement, memory_mb=memory_mb, raw=data)
+                 cpus_per_trial=cpus, time_budget_s=budget, placement=placement, memory_mb=memory_mb, reruns=reruns, raw=data)
 
 
 def _excludes(source: str, data: dict) -> list[dict]:

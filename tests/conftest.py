@@ -61,3 +61,18 @@ def sweep_counts(run_dir: Path, planned: int) -> dict:
          "lost": planned - len(latest), "duplicates": sum(n - 1 for n in ok.values()), "torn": torn}
     print(f"\n{run_dir.name}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     return c
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs tests in parallel (pytest-xdist, --dist loadgroup) and keeps each `xdist_group` on one
+    worker: the netns tests share fixed namespace names and addresses. xdist does it by renaming the grouped
+    items, which pytest 9.2 silently stopped allowing (2026-12-07: the netns tests then ran on two workers at
+    once and all five failed). Refuse to run rather than let them collide."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    broken = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if broken:
+        raise pytest.UsageError(f"pytest-xdist could not group {broken[0]} (and {len(broken) - 1} more): this "
+                                f"pytest {pytest.__version__} breaks --dist loadgroup; install the pinned one "
+                                "(pip install -e '.[test]')")

@@ -168,6 +168,15 @@ def test_session_reruns_contaminated_pairs_and_keeps_the_balance(local_ray, tmp_
     assert (s.run_dir / "forest.png").stat().st_size > 1000
 
 
+def test_a_session_with_reruns_0_reports_contaminated_pairs_lost_and_runs_none_again(local_ray, tmp_path):
+    """The suite key `reruns: 0` (Settings.reruns): a contaminated pair is given up at once, counted lost."""
+    head = _head()
+    s = ab.run_session(_cells()[:2], {"baseline": head, "candidate": head},
+                       ab.Settings(pairs=4, max_pairs=4, reruns=0), tmp_path, pair_fn=fake_pair)
+    assert s.reruns == {} and s.lost == {c: 2 for c in s.pairs}  # pairs 0 and 3 of each cell: contaminated
+    assert all(len(p) == 2 for p in s.pairs.values())
+
+
 def test_pairs_on_different_hardware_are_refused_and_the_session_recorded_aborted(local_ray, tmp_path):
     head = _head()
     with pytest.raises(HarnessError, match="different hardware"):
@@ -211,7 +220,9 @@ def test_a_dirty_working_tree_needs_allow_dirty(monkeypatch, capsys, tmp_path):
 @pytest.mark.slow
 def test_a_small_real_config_ab(tmp_path):
     """Two cells, two pairs each, every side a real fresh `lstm-bench trial` process of the shipped tree."""
-    out = _cli("ab", "suites/gate.yaml", "--set", "impl=[cudnn]", "--set", "hidden_size=16",
+    # reruns=0: beside other tests (make test runs them in parallel) every pair is contaminated; the reruns
+    # have their own test above
+    out = _cli("ab", "suites/gate.yaml", "--set", "impl=[cudnn]", "--set", "hidden_size=16", "--set", "reruns=0",
                "--candidate-set", "hidden_size=32", "--pairs", "2", "--max-pairs", "2", "--out", str(tmp_path),
                "--num-cpus", "2", "--allow-dirty", env={"XDG_CACHE_HOME": str(tmp_path / "cache")}, timeout=400)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -231,8 +242,8 @@ def test_a_small_real_code_ab_against_an_older_ref(tmp_path):
     """The baseline is a ref that predates the pair plan: both sides run the standard plan, each its own tree."""
     if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{OLD_REF}^{{commit}}"]).returncode != 0:
         pytest.skip(f"{OLD_REF} is not in this clone (shallow?)")
-    out = _cli("ab", "suites/gate.yaml", "--set", "impl=[cudnn]", "--set", "modes=[infer]", "--set",
-               "hidden_size=16", "--baseline", OLD_REF, "--candidate", "HEAD", "--pairs", "2", "--max-pairs", "2",
+    out = _cli("ab", "suites/gate.yaml", "--set", "impl=[cudnn]", "--set", "modes=[infer]", "--set", "reruns=0",
+               "--set", "hidden_size=16", "--baseline", OLD_REF, "--candidate", "HEAD", "--pairs", "2", "--max-pairs", "2",
                "--out", str(tmp_path), "--num-cpus", "2", env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
                timeout=400)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -1,8 +1,11 @@
 """The driver's deadlines and its event loop, without a cluster: a retried task gets a fresh deadline, a
 restarted clock loses none, a result that arrives by the time a trial is found overdue is kept, not
 cancelled, and a node's death drops its attempts' deadlines and strands the trials only it could run."""
+import dataclasses
 import sys
 import types
+
+import pytest
 
 from harness import cluster
 from harness.clock import Deadlines, TrialClock
@@ -77,7 +80,7 @@ def test_a_dead_node_strands_nothing_another_alive_node_can_run(monkeypatch):
 def test_a_trial_contaminated_from_outside_is_queued_again_at_most_twice():
     spec = TrialSpec(Variant(hidden_size=8, num_layers=1, batch_size=8), mode="infer")
     sub = object.__new__(cluster.Submitter)
-    sub.queue, sub.reruns = [], {}
+    sub.queue, sub.reruns, sub.max_reruns = [], {}, cluster.CONTAMINATED_RERUNS
     busy = {**spec.flat(), "status": "ok", "noisy": True, "noise_reasons": "other processes used 1.6 cores; 1 were free"}
     assert sub.rerun_if_contaminated(spec, busy) and sub.rerun_if_contaminated(spec, busy)
     assert not sub.rerun_if_contaminated(spec, busy)  # CONTAMINATED_RERUNS spent: the third result stands
@@ -91,6 +94,17 @@ def test_a_trial_contaminated_from_outside_is_queued_again_at_most_twice():
     quick = TrialSpec(Variant(hidden_size=24, num_layers=1, batch_size=8), mode="infer", sample_plan="pair")
     assert not sub.rerun_if_contaminated(quick, {**busy, "noise_reasons": "warm-up unsettled: ..."})  # capped so
     assert sub.rerun_if_contaminated(quick, busy)
+    sub.max_reruns = 0  # the suite's `reruns: 0`: a contaminated result stands at once, flagged
+    fresh = TrialSpec(Variant(hidden_size=32, num_layers=1, batch_size=8), mode="infer")
+    assert not sub.rerun_if_contaminated(fresh, busy) and fresh.trial_id not in sub.reruns
+
+
+def test_a_pair_plan_trial_is_called_hung_sooner_than_a_standard_one():
+    """Both plans: grace + 2 x (max budget + warm-up cap); the pair plan's cap is 0.6 s, the standard's 10 s."""
+    standard = TrialSpec(Variant(hidden_size=8, num_layers=1, batch_size=8), mode="infer", time_budget_s=0.5)
+    pair = dataclasses.replace(standard, sample_plan="pair")
+    assert cluster.hang_limit_s(standard, 8) == pytest.approx(8 + 2 * (2 + 10))
+    assert cluster.hang_limit_s(pair, 8) == pytest.approx(8 + 2 * (2 + 0.6))
 
 
 def test_clock_counts_attempts_and_co_tenants():

@@ -29,7 +29,7 @@ def write_suite(tmp_path: Path, name: str, n_hidden=(8, 16), budget=0.5, data="s
     suite = {"name": name, "axes": {"hidden_size": list(n_hidden), "impl": ["cudnn", "naive", "lstmcell"]},
              "fixed": {"seq": "row", "num_layers": 1, "batch_size": 16}, "modes": ["train", "infer"],
              "devices": ["cpu"], "cpus_per_trial": 1, "time_budget_s": budget, "data": data,
-             "sample_plan": "pair", **extra}  # the pair plan: ~1.5 s a trial, not ~7 s (these test the driver)
+             "sample_plan": "pair", "reruns": 0, **extra}  # the pair plan: ~1.5 s a trial, not ~7 s (these test the driver)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path

@@ -22,7 +22,10 @@ pytestmark = pytest.mark.slow
 def suite_file(tmp_path: Path, name="faults", hidden=(8, 16), **extra) -> Path:
     s = {"name": name, "axes": {"hidden_size": list(hidden), "impl": ["cudnn", "naive"]},
          "fixed": {"seq": "row", "num_layers": 1, "batch_size": 16}, "modes": ["infer"], "devices": ["cpu"],
-         "cpus_per_trial": 1, "time_budget_s": 0.5, "sample_plan": "pair", **extra}  # pair: ~1.5 s a trial
+         "cpus_per_trial": 1, "time_budget_s": 0.5, "sample_plan": "pair", "reruns": 0, **extra}  # pair: ~1.5 s a trial
+    # reruns 0: these test the driver; run beside other tests, every trial sees their processes and would be
+    # rerun as contaminated (the rerun itself has its test below, with the default)
+    s = {k: v for k, v in s.items() if v is not None}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(s))
     return path
@@ -37,7 +40,7 @@ def local_ray():
 def test_hanging_trial_is_cancelled_as_timeout_and_sweep_goes_on(tmp_path, local_ray):
     suite = load_suite(suite_file(tmp_path))
     victim = suite.trials[1].trial_id
-    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hang_grace_s=20, hooks=Hooks(hang={victim}))
+    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hang_grace_s=8, hooks=Hooks(hang={victim}))
     c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["lost"] == 0 and c["ok"] == len(suite.trials) - 1 and c["failed"] == 1
     recs = {r["trial_id"]: r for r in read_jsonl(out.run_dir / "trials.jsonl")[0]}
@@ -239,7 +242,7 @@ def test_a_dataset_that_cannot_be_read_fails_before_run_json_says_running(tmp_pa
 def test_a_trial_contaminated_from_outside_is_rerun_and_its_first_record_kept_as_contaminated(tmp_path, local_ray):
     """Issue 18: a timing result flagged for other processes on its cores is run again (cluster.CONTAMINATED_RERUNS);
     the first attempt stays in trials.jsonl as status contaminated, the rerun's record (reruns 1) is the trial's."""
-    suite = load_suite(suite_file(tmp_path, name="contaminated", hidden=(8,)))
+    suite = load_suite(suite_file(tmp_path, name="contaminated", hidden=(8,), reruns=None))
     busy_once = tmp_path / "busy-once"
 
     def trial_fn(spec, extra=None, **_):  # nested: pickled by value

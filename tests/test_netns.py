@@ -100,7 +100,7 @@ def write_suite(tmp_path: Path) -> Path:
     suite = {"name": "netns-two-host", "axes": {"impl": ["cudnn", "naive", "lstmcell"]},
              "fixed": {"seq": "row", "hidden_size": 16, "num_layers": 1, "batch_size": 32},
              "modes": ["train", "infer"], "devices": ["cpu"], "data": "synthetic", "cpus_per_trial": 1,
-             "time_budget_s": 1, "sample_plan": "pair"}
+             "time_budget_s": 1, "sample_plan": "pair", "reruns": 0}
     path = tmp_path / "netns-two-host.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
@@ -251,7 +251,7 @@ def test_tls_two_hosts_refuse_drivers_without_the_ca_and_run_the_smoke_suite(tmp
         try:
             # the pair plan: ~1.5 s a trial, not ~10 s (this tests TLS and the two hosts, not the timings)
             run = _script("run", str(smoke), str(out), "--set", "cpus_per_trial=1", "--set", "sample_plan=pair",
-                          "--no-progress", "--quiet",
+                          "--set", "reruns=0", "--no-progress", "--quiet",
                           env=env, timeout=360)
             seen_pids |= _ns_pids("lb-head") | _ns_pids("lb-worker")
             for name, p in intruders.items():

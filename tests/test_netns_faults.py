@@ -97,7 +97,7 @@ def write_suite(tmp_path: Path, name: str, hidden: list[int]) -> Path:
     """len(hidden) x 2 short CPU infer trials, one CPU each: both hosts (one CPU each) stay busy."""
     suite = {"name": name, "axes": {"hidden_size": hidden, "impl": ["cudnn", "naive"]},
              "fixed": {"seq": "row", "num_layers": 1, "batch_size": 32}, "modes": ["infer"], "devices": ["cpu"],
-             "data": "synthetic", "cpus_per_trial": 1, "time_budget_s": 1, "sample_plan": "pair"}
+             "data": "synthetic", "cpus_per_trial": 1, "time_budget_s": 1, "sample_plan": "pair", "reruns": 0}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path

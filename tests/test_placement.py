@@ -27,7 +27,7 @@ def local_ray():
 
 def suite(tmp_path: Path, **extra):
     s = {"name": "place", "axes": {"hidden_size": [8, 16]}, "fixed": {"seq": "row", "num_layers": 1, "batch_size": 16},
-         "modes": ["train"], "devices": ["cpu"], "cpus_per_trial": 1, "time_budget_s": 1.0, **extra}
+         "modes": ["train"], "devices": ["cpu"], "cpus_per_trial": 1, "time_budget_s": 1.0, "reruns": 0, **extra}
     path = tmp_path / "place.yaml"
     path.write_text(yaml.safe_dump(s))
     return load_suite(path)
@@ -90,7 +90,7 @@ def test_a_node_whose_ceiling_fell_flags_its_trials(tmp_path, local_ray):
 
 
 def test_a_restarted_clock_still_times_out_a_hung_trial(tmp_path, local_ray):
-    s = suite(tmp_path, modes=["infer"])
+    s = suite(tmp_path, modes=["infer"], sample_plan="pair")  # pair: a hang limit of 8 + 2 x (4 + 0.6) s
     victim = s.trials[0].trial_id
     from harness.nodes import connect
     connect(None, num_cpus=2)

@@ -131,6 +131,12 @@ def test_sample_plan_is_a_top_level_key_that_leaves_trial_ids_alone(tmp_path):
         load_suite(write(tmp_path, GRID + "sample_plan: quick\n", "q.yaml"))
 
 
+def test_reruns_is_a_top_level_key_unset_by_default(tmp_path):
+    assert load_suite(write(tmp_path, GRID)).reruns is None  # the sweep's default: cluster.CONTAMINATED_RERUNS
+    none = load_suite(write(tmp_path, GRID + "reruns: 0\n", "r.yaml"))
+    assert none.reruns == 0 and ids(none) == ids(load_suite(write(tmp_path, GRID)))
+
+
 def test_repeats_seed_threads_and_resources(tmp_path):
     text = GRID + "devices: [cpu, cuda]\nrepeats: 3\nseed: 7\ncpus_per_trial: 2\ntime_budget_s: 1.5\n"
     suite = load_suite(write(tmp_path, text))
@@ -218,6 +224,8 @@ ERRORS = [
     ("name: x\ncpus_per_trial: true\n", "cpus_per_trial", "must be a positive integer, got True"),
     ("name: x\nrepeats: 0\n", "repeats", "must be a positive integer, got 0"),
     ("name: x\nseed: -1\n", "seed", "got -1"),
+    ("name: x\nreruns: -1\n", "reruns", "must be an integer >= 0, got -1"),
+    ("name: x\nreruns: 1.5\n", "reruns", "1.5"),
     ("name: x\ntime_budget_s: -2\n", "time_budget_s", "must be a positive number, got -2"),
     ("name: x\ndata: imagenet\n", "data", "unknown data 'imagenet'"),
     ("name: x\ndata: cifar10\nfixed: {data: cifar10}\n", "data", "also set under fixed"),

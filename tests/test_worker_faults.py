@@ -67,7 +67,7 @@ def test_worker_killed_mid_trial_is_retried_and_ends_ok_exactly_once(tmp_path, e
     doc = {"name": "worker-kill", "axes": {"seq": ["pixel", "row"], "hidden_size": [8, 16, 24]},
            "exclude": [{"seq": "pixel", "hidden_size": 16}, {"seq": "pixel", "hidden_size": 24}],
            "fixed": {"impl": "naive", "num_layers": 1, "batch_size": 8}, "modes": ["infer"], "devices": ["cpu"],
-           "cpus_per_trial": 1, "time_budget_s": 3, "sample_plan": "pair"}  # pair: the driver is tested, not timing
+           "cpus_per_trial": 1, "time_budget_s": 3, "sample_plan": "pair", "reruns": 0}  # pair: the driver is tested, not timing
     suite = load_suite(write_suite(tmp_path, doc))
     assert len(suite.trials) == 4
     found, stop = {}, threading.Event()
@@ -110,7 +110,7 @@ def test_a_trial_that_cannot_allocate_its_model_is_failed_and_the_sweep_goes_on(
         pytest.skip("this kernel would grant the allocation (overcommit): the trial would meet the OOM killer")
     doc = {"name": "oom", "axes": {"hidden_size": [8, 65536, 16]},
            "fixed": {"seq": "row", "impl": "cudnn", "num_layers": 1, "batch_size": 8}, "modes": ["infer"],
-           "devices": ["cpu"], "cpus_per_trial": 1, "time_budget_s": 0.5, "sample_plan": "pair"}
+           "devices": ["cpu"], "cpus_per_trial": 1, "time_budget_s": 0.5, "sample_plan": "pair", "reruns": 0}
     suite = load_suite(write_suite(tmp_path, doc))
     out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2)
     c = sweep_counts(out.run_dir, len(suite.trials))
