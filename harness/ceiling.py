@@ -31,7 +31,6 @@ comparable to.
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 
@@ -184,31 +183,6 @@ def probe_node(device_kind: str, threads: int | None, *, seconds: float = 1.0) -
     """Every precision that applies to this device kind -> {"gflop_per_s", "spread", "n"}."""
     device = torch.device(device_kind)
     return {p: probe(device, p, threads=threads, seconds=seconds).as_dict() for p in precisions_for(device.type)}
-
-
-_CACHE: dict[tuple, Probe] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def _device_key(device: torch.device) -> str:
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
-        return f"cuda:{torch.cuda.current_device()}"
-    return str(device)
-
-
-def cached_ceiling(device: torch.device, precision: str, threads: int | None) -> Probe:
-    """The probe for (device, precision, threads), measured once per process (a lone trial probes its own machine)."""
-    key = (_device_key(device), precision, threads)
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = probe(torch.device(device), precision, threads=threads)
-        return _CACHE[key]
-
-
-def clear_cache() -> None:
-    with _CACHE_LOCK:
-        _CACHE.clear()
 
 
 def _gflops(entry) -> float | None:

@@ -52,11 +52,10 @@ RERUN_REASONS = ("other processes used", "quota throttled", "warm-up unsettled")
 class Hooks:
     """Test-only hooks, passed by tests as an argument of the sweep (never read from the environment, so
     nothing a production environment carries can turn them on). trial_fn replaces run_trial (the driver-scale
-    benchmark's instant trials); hang makes those trial ids hang; barrier (an actor with `arrive`) holds
-    trials until all have arrived; end_probe(node_id, probes) -> probes alters the end-of-run probes."""
+    benchmark's instant trials); hang makes those trial ids hang; end_probe(node_id, probes) -> probes alters
+    the end-of-run probes."""
     trial_fn: Callable | None = None
     hang: set = field(default_factory=set)
-    barrier: object = None
     end_probe: Callable | None = None
     probe_s: float = PROBE_S
 
@@ -86,8 +85,6 @@ def _trial_task(spec_flat: dict, arrays, clock, limit_s: float, ceilings: dict, 
     try:  # whatever ends this attempt in this process, its interval on the node is closed (finally)
         if tid in hooks.hang:
             time.sleep(10**6)
-        if hooks.barrier is not None:
-            ray.get(hooks.barrier.arrive.remote())
         where = {"node_id": node, "node_ip": node_ip_of_this_worker(), "worker_pid": os.getpid(),
                  "placement": placement}
         spec = TrialSpec.from_flat(spec_flat)

@@ -114,8 +114,9 @@ compile_s          | float | s      | {:.1f}  | impl compiled: what the compilin
 recompiles         | int   |        |         | impl compiled: compiles inside the timed window (a failed guard); any flags the trial noisy
 capture_s          | float | s      | {:.3f}  | impl graphed: wall time of capturing the whole step in a CUDA graph, before the timed window
 backend            | str   |        |         | the recurrent kernel that ran: cudnn, onednn-rnn, python-loop:...
-ceiling_gflop_per_s | float | GFLOP/s | {:,.1f} | the node's square-GEMM ceiling at the trial's precision (harness/ceiling.py)
-ceiling_frac       | float |        | {:.3f}  | gflop_per_s / ceiling_gflop_per_s: how far the LSTM's GEMMs sit from what the node can do
+ceiling_gflop_per_s | float | GFLOP/s | {:,.1f} | square-GEMM ceiling at the trial's precision, probed in the trial's process right after its timed windows (harness/ceiling.py; before 2026-12-07: the node's probe at the run's start)
+ceiling_frac       | float |        | {:.3f}  | gflop_per_s / ceiling_gflop_per_s: how far the LSTM's GEMMs sit from what the hardware gave this trial
+node_ceiling_gflop_per_s | float | GFLOP/s | {:,.1f} | the node's ceiling from the sweep's start probe (null outside a sweep): far from ceiling_gflop_per_s, the trial ran in another load mode
 co_tenants         | int   |        |         | other trials that ran on the node during this trial's timed window
 tf32_cudnn         | bool  |        |         | cuDNN was allowed TF32 tensor cores (set by the trial from dtype)
 tf32_matmul        | bool  |        |         | matmul (cuBLAS) was allowed TF32 tensor cores

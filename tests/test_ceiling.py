@@ -95,22 +95,6 @@ def test_ceiling_frac():
     assert ceiling_frac(25.0, 0.0) is None
 
 
-def test_cached_ceiling_probes_once(monkeypatch):
-    calls = []
-
-    def fake(device, precision, *, threads=None, seconds=1.0):
-        calls.append((str(device), precision, threads))
-        return Probe(precision, torch.device(device).type, 1024, 42.0, 0.01, 5, threads or 1)
-
-    monkeypatch.setattr(ceiling, "probe", fake)
-    monkeypatch.setattr(ceiling, "_CACHE", {})
-    a = ceiling.cached_ceiling(CPU, "float32", 2)
-    b = ceiling.cached_ceiling(torch.device("cpu"), "float32", 2)
-    assert a is b and a.gflop_per_s == 42.0 and len(calls) == 1
-    ceiling.cached_ceiling(CPU, "float32", 1)  # other threads: another probe
-    assert len(calls) == 2
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_probe_tf32_and_float32():
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
@@ -171,3 +155,24 @@ def test_a_zero_cpu_head_gets_no_probe_and_late_probes_are_cancelled(monkeypatch
     assert fake.submitted[ID["gpu"]]["num_gpus"] == 1 and fake.submitted[ID["busy"]]["num_cpus"] == 2
     assert set(out) == {ID["gpu"]} and fake.cancelled == [ID["busy"]]  # the unfinished probe is stopped, not left queued
     assert fake.waits[:1] == [7]  # one shared timeout for all nodes, not one per node
+
+
+def test_a_trials_ceiling_is_its_own_probe_not_the_nodes(monkeypatch):
+    """Issue 18: ceiling_frac divides by a probe made in the trial's process after its windows (its load mode);
+    the sweep's start probe of the node is kept beside it, not used."""
+    from harness import trial
+    from harness.spec import TrialSpec, Variant
+    calls = []
+
+    def fake(device, precision, *, threads=None, seconds=1.0):
+        calls.append((precision, threads, seconds))
+        return Probe(precision, "cpu", 1024, 50.0, 0.01, 5, threads or 1)
+
+    monkeypatch.setattr(ceiling, "probe", fake)
+    spec = TrialSpec(Variant(hidden_size=8, num_layers=1, batch_size=8), mode="infer")
+    got = trial.ceiling_fields(spec, CPU, 25.0, {"float32": {"gflop_per_s": 150.0}})  # the node, probed when free
+    assert got == {"ceiling_gflop_per_s": 50.0, "ceiling_frac": 0.5, "node_ceiling_gflop_per_s": 150.0}
+    assert calls == [("float32", torch.get_num_threads(), trial.TRIAL_PROBE_S)]
+    assert trial.ceiling_fields(spec, CPU, 25.0, None)["node_ceiling_gflop_per_s"] is None  # a lone trial
+    bf16 = TrialSpec(Variant(hidden_size=8, num_layers=1, batch_size=8, dtype="bfloat16"), mode="infer")
+    assert set(trial.ceiling_fields(bf16, CPU, 25.0, None).values()) == {None} and len(calls) == 2  # no probe

@@ -48,7 +48,7 @@ def test_exclusive_timing_trials_never_overlap(tmp_path, local_ray):
 
 @ray.remote(num_cpus=0)
 class Barrier:
-    """Holds every caller of arrive() until `n` have arrived: the two trials start their timing together."""
+    """Holds every caller of arrive() until `n` have arrived."""
 
     def __init__(self, n: int):
         import asyncio
@@ -62,9 +62,22 @@ class Barrier:
 
 
 def test_shared_trials_record_their_co_tenants(tmp_path, local_ray):
+    """Two shared trials whose timed windows overlap for certain: each window holds until both trials are in it
+    (a real trial's set-up and warm-up, on a loaded machine, could end one before the other's window began)."""
     from harness.nodes import connect
     connect(None, num_cpus=2)
-    hooks = Hooks(barrier=Barrier.remote(2), probe_s=0.2)
+    inside = Barrier.remote(2)
+
+    def trial_fn(spec, extra=None, **_):  # nested, so Ray pickles it by value
+        import time
+
+        from harness.schema import TrialResult
+        t0 = time.time()
+        ray.get(inside.arrive.remote())
+        return TrialResult(record={**spec.flat(), **(extra or {}), "status": "ok", "timed_start": t0,
+                                   "timed_end": time.time()})
+
+    hooks = Hooks(trial_fn=trial_fn, probe_s=0.2)
     out = run_suite(suite(tmp_path, placement="shared"), out_dir=tmp_path / "r", progress=False, hooks=hooks)
     recs = list(records(out.run_dir).values())
     assert [r["status"] for r in recs] == ["ok", "ok"] and {r["placement"] for r in recs} == {"shared"}
