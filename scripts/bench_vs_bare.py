@@ -1,31 +1,38 @@
 """Harness overhead on one trial: `lstm-bench trial`'s model-only throughput (`model_img_per_s`: the training
 step on one fixed batch already on the device) against a bare, hand-written PyTorch loop doing the same, at the
-same precision, side by side.
+same precision, paired in time as `lstm-bench ab` pairs (issue 18).
 
-    .venv/bin/python scripts/bench_vs_bare.py [--rounds 5] [--hidden-size 128] [--batch-size 256] \
-        [--device cuda] [--dtype float32|tf32|bfloat16]
+    .venv/bin/python scripts/bench_vs_bare.py [--rounds 8] [--hidden-size 128] [--batch-size 256] \
+        [--device cuda] [--dtype float32|tf32|bfloat16] [--bare-input sequences|images] [--seed 0]
 
 The bare loop is what shared/anchors.md measured: nn.LSTM(96, H, 2) + Linear on a fixed synthetic row-sequence
 batch, a full Adam step per iteration, warm-up excluded, median of timed iterations (CUDA events on GPU), with
 the TF32 switches set as the harness sets them for the dtype (float32: both off) and bf16 autocast for
-bfloat16. Both run in fresh processes of their own (the harness as the CLI, as a user runs it), their order
-alternating from round to round, so drift in the machine's speed (10-20% between 10-second windows on this VM)
-hits both alike. The last line is the median of the per-round ratios harness/bare; exit status 1 when it lies
-outside the target 0.97-1.03.
+bfloat16. `--bare-input images` feeds it a (B, 3, 32, 32) image batch and turns it into rows inside the step,
+as the harness's model does (permute + reshape: a copy), so the two runs of the script separate that copy from
+the rest of the gap. Each round runs the bare loop and the harness (the CLI, as a user runs it) each in a fresh
+process, back to back, in an order balanced and shuffled over the rounds (stats.balanced_orders: as many
+bare-first as harness-first), so drift in the machine's speed (10-20% between 10-second windows on this VM) hits
+both alike. Reported: the Hodges-Lehmann ratio harness/bare over the rounds' log-ratios with its exact
+signed-rank interval (harness/stats.py; >= 6 rounds for a 95% one), and the outcome against the target
+0.97-1.03: "unchanged" when the interval lies inside it (exit 0), else exit 1.
 """
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 
-def bare_loop(hidden: int, batch: int, device: str, seconds: float = 8.0, dtype: str = "float32") -> float:
+def bare_loop(hidden: int, batch: int, device: str, seconds: float = 8.0, dtype: str = "float32",
+              images: bool = False) -> float:
     import contextlib
     torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
@@ -33,11 +40,13 @@ def bare_loop(hidden: int, batch: int, device: str, seconds: float = 8.0, dtype:
     lstm, head = nn.LSTM(96, hidden, 2, batch_first=True).to(device), nn.Linear(hidden, 10).to(device)
     params = list(lstm.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
-    x, y = torch.randn(batch, 32, 96, device=device), torch.randint(0, 10, (batch,), device=device)
+    x = torch.randn(batch, 3, 32, 32, device=device) if images else torch.randn(batch, 32, 96, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
         with amp:
-            out, _ = lstm(x)
+            seq = x.permute(0, 2, 1, 3).reshape(batch, 32, 96) if images else x  # rows, as the harness's model
+            out, _ = lstm(seq)
             loss = nn.functional.cross_entropy(head(out[:, -1]), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -61,9 +70,9 @@ def bare_loop(hidden: int, batch: int, device: str, seconds: float = 8.0, dtype:
     return batch / statistics.median(times)
 
 
-def bare_subprocess(hidden: int, batch: int, device: str, seconds: float, dtype: str) -> float:
+def bare_subprocess(hidden: int, batch: int, device: str, seconds: float, dtype: str, images: bool) -> float:
     code = (f"import sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); import bench_vs_bare as b; "
-            f"print(b.bare_loop({hidden}, {batch}, {device!r}, seconds={seconds}, dtype={dtype!r}))")
+            f"print(b.bare_loop({hidden}, {batch}, {device!r}, seconds={seconds}, dtype={dtype!r}, images={images}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -77,33 +86,45 @@ def harness_trial(hidden: int, batch: int, device: str, dtype: str) -> dict:
 
 
 def main():
+    sys.path.insert(0, str(__file__.rsplit("/", 2)[0]))  # the repository root: harness.stats
+    from harness import stats
     p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "tf32", "bfloat16"])
+    p.add_argument("--bare-input", default="sequences", choices=["sequences", "images"])
+    p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    ratios = []
+    if a.rounds < 2:
+        sys.exit("bench_vs_bare: --rounds must be >= 2 (>= 6 for a 95% interval)")
+    images = a.bare_input == "images"
     seconds = 8.0 if a.device == "cpu" else 3.0
-    for r in range(a.rounds):
+    logs = []
+    for r, order in enumerate(stats.balanced_orders(a.rounds, np.random.default_rng(a.seed))):
         args = (a.hidden_size, a.batch_size, a.device)
-        if r % 2 == 0:
-            bare = bare_subprocess(*args, seconds, a.dtype)
+        if order == "AB":  # A: the bare loop, B: the harness
+            bare = bare_subprocess(*args, seconds, a.dtype, images)
             rec = harness_trial(*args, a.dtype)
         else:
             rec = harness_trial(*args, a.dtype)
-            bare = bare_subprocess(*args, seconds, a.dtype)
-        ratios.append(rec["model_img_per_s"] / bare)
-        print(f"round {r + 1}: bare {bare:8,.0f} img/s   harness model-only {rec['model_img_per_s']:8,.0f} img/s "
-              f"(end to end {rec['img_per_s']:,.0f}, data {rec['data_ms_per_step']:.2f} ms/step, "
-              f"noisy={rec['noisy']}, backend={rec['backend']})   ratio {ratios[-1]:.3f}", flush=True)
+            bare = bare_subprocess(*args, seconds, a.dtype, images)
+        logs.append(math.log(rec["model_img_per_s"] / bare))
+        print(f"round {r + 1} {'bare first' if order == 'AB' else 'harness first'}: bare {bare:8,.0f} img/s   "
+              f"harness model-only {rec['model_img_per_s']:8,.0f} img/s (end to end {rec['img_per_s']:,.0f}, "
+              f"data {rec['data_ms_per_step']:.2f} ms/step, noisy={rec['noisy']}, backend={rec['backend']})   "
+              f"ratio {math.exp(logs[-1]):.3f}", flush=True)
     where = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"row, hidden {a.hidden_size} x 2, cudnn impl, train, batch {a.batch_size}, {a.dtype}, {where}, "
-          f"torch {torch.__version__}")
-    ratio = statistics.median(ratios)
-    print(f"median of {a.rounds} rounds: harness model_img_per_s / bare loop = {ratio:.3f}")
-    sys.exit(0 if 0.97 <= ratio <= 1.03 else 1)
+          f"torch {torch.__version__}; bare loop fed {a.bare_input}")
+    low, high, level = stats.hl_interval(logs)
+    ratio, p_value = math.exp(stats.hodges_lehmann(logs)), stats.wilcoxon_p(logs)
+    verdict = stats.outcome(math.exp(low), math.exp(high), p_value < stats.ALPHA, threshold=0.03)
+    print(f"{a.rounds} rounds: harness model_img_per_s / bare loop = {ratio:.3f} "
+          f"[{math.exp(low):.3f}, {math.exp(high):.3f}] ({100 * level:.1f}% interval; Wilcoxon p {p_value:.3f}); "
+          f"against the target 0.97-1.03: {verdict}")
+    sys.exit(0 if verdict == "unchanged" else 1)
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def test_the_only_gpu_node_dies_its_trials_end_infeasible_and_the_sweep_ends(tmp
         c.shutdown()
 
 
-def test_a_head_with_no_cpus_gets_no_probe_and_trials_start_within_5_s(tmp_path):
+def test_a_head_with_no_cpus_gets_no_probe_and_trials_start_without_waiting_for_one(tmp_path):
     """Issue 19 item 6 on a real (loopback) cluster: a 0-CPU head, as KubeRay and the launcher recipes start it,
     gets no ceiling probe (one pinned there could never run and held every run 120 s at its start and its end):
     the first trial starts within seconds of run_suite being called, and the run ends as soon as its trials do."""
@@ -197,9 +197,9 @@ def test_a_head_with_no_cpus_gets_no_probe_and_trials_start_within_5_s(tmp_path)
               f"probed nodes: {sorted(meta['ceilings'])}")
         assert sweep_counts(out.run_dir, len(suite.trials))["ok"] == len(suite.trials) == 3
         assert len(meta["ceilings"]) == 1 and len(meta["nodes"]) == 2  # only the worker was probed
-        # 3.99 s on this 2-core VM, quiet (issue 19 asks for 5 s); the bound leaves room for a loaded CI machine
-        # and still fails the bug, which held the start 120 s
-        assert first < 15.0 and took < 40.0
+        # 3.99 s on this 2-core VM, quiet (issue 19 asks for 5 s); 18.5 s under make test's 4 parallel workers.
+        # The bound leaves room for that and still fails the bug, which held the start and the end 120 s each
+        assert first < 60.0 and took < 100.0
     finally:
         ray.shutdown()
         c.shutdown()

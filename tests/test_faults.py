@@ -31,6 +31,11 @@ def suite_file(tmp_path: Path, name="faults", hidden=(8, 16), **extra) -> Path:
     return path
 
 
+def quick(**hooks) -> Hooks:
+    """The nodes' start and end ceiling probes at 0.1 s (1 s each by default): these tests are not about them."""
+    return Hooks(probe_s=0.1, **hooks)
+
+
 @pytest.fixture
 def local_ray():
     yield
@@ -40,7 +45,8 @@ def local_ray():
 def test_hanging_trial_is_cancelled_as_timeout_and_sweep_goes_on(tmp_path, local_ray):
     suite = load_suite(suite_file(tmp_path))
     victim = suite.trials[1].trial_id
-    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hang_grace_s=8, hooks=Hooks(hang={victim}))
+    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hang_grace_s=8,
+                    hooks=quick(hang={victim}))
     c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["lost"] == 0 and c["ok"] == len(suite.trials) - 1 and c["failed"] == 1
     recs = {r["trial_id"]: r for r in read_jsonl(out.run_dir / "trials.jsonl")[0]}
@@ -64,7 +70,7 @@ def test_unwritable_results_stop_the_run_with_a_clear_error_and_keep_what_was_wr
     results.RunStore.append = failing_append
     try:
         with pytest.raises(HarnessError, match="No space left"):
-            run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2)
+            run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hooks=quick())
     finally:
         results.RunStore.append = real_append
     (run_dir,) = (tmp_path / "r" / "faults").iterdir()
@@ -76,7 +82,7 @@ def test_unwritable_results_stop_the_run_with_a_clear_error_and_keep_what_was_wr
 def test_torn_last_line_is_skipped_and_rerun_on_resume(tmp_path, local_ray):
     path = suite_file(tmp_path)
     suite = load_suite(path)
-    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2)
+    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hooks=quick())
     trials = out.run_dir / "trials.jsonl"
     lines = trials.read_text().splitlines()
     torn_id = json.loads(lines[-1])["trial_id"]
@@ -87,7 +93,7 @@ def test_torn_last_line_is_skipped_and_rerun_on_resume(tmp_path, local_ray):
     recs, torn = read_jsonl(trials)
     assert torn == 1 and len(recs) == len(kept)
     ray.shutdown()
-    again = run_suite(suite, out_dir=tmp_path / "r", resume=out.run_dir.name, progress=False, num_cpus=2)
+    again = run_suite(suite, out_dir=tmp_path / "r", resume=out.run_dir.name, progress=False, num_cpus=2, hooks=quick())
     assert again.skipped == len(suite.trials) - 1
     c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["ok"] == len(suite.trials) and c["lost"] == 0
@@ -96,7 +102,7 @@ def test_torn_last_line_is_skipped_and_rerun_on_resume(tmp_path, local_ray):
 
 def test_resume_with_a_different_suite_is_refused(tmp_path, local_ray):
     path = suite_file(tmp_path)
-    out = run_suite(load_suite(path), out_dir=tmp_path / "r", progress=False, num_cpus=2)
+    out = run_suite(load_suite(path), out_dir=tmp_path / "r", progress=False, num_cpus=2, hooks=quick())
     ray.shutdown()
     path.write_text(path.read_text().replace("time_budget_s: 0.5", "time_budget_s: 0.7"))
     with pytest.raises(HarnessError, match="different suite file"):
@@ -111,7 +117,7 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_sweep_goes_on(tmp_path, 
     path = tmp_path / "raises.yaml"
     path.write_text(yaml.safe_dump(s))
     suite = load_suite(path)
-    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, skip_infeasible=True)
+    out = run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, skip_infeasible=True, hooks=quick())
     c = sweep_counts(out.run_dir, len(suite.trials))
     assert c["lost"] == 0 and c["ok"] == 2 and c["failed"] == 2  # the cuda trials: infeasible on this CPU node
 
@@ -141,7 +147,7 @@ def test_disk_full_stops_the_run_with_one_clear_error_and_keeps_what_was_written
             f.write(b"\0" * (64 * 1024 - 8 * 4096))
         suite = load_suite(suite_file(tmp_path, hidden=(8, 16, 24, 32, 40, 48)))
         with pytest.raises(HarnessError, match="No space left on device"):
-            run_suite(suite, out_dir=small, progress=False, num_cpus=2)
+            run_suite(suite, out_dir=small, progress=False, num_cpus=2, hooks=quick())
         (run_dir,) = (small / "faults").iterdir()
         recs, torn = read_jsonl(run_dir / "trials.jsonl")
         print(f"\ndisk full: planned {len(suite.trials)}, kept {len(recs)} intact records, torn {torn}, lost 0 "
@@ -220,13 +226,13 @@ def test_a_run_whose_ray_connection_is_lost_ends_aborted_and_resumes(tmp_path, l
 
     monkeypatch.setattr(cluster, "collect", collect_then_lose_ray)
     with pytest.raises(ConnectionError):
-        run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2)
+        run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, hooks=quick())
     (run_dir,) = (tmp_path / "r" / "faults").iterdir()
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["status"] == "aborted" and not (run_dir / "trials.parquet").exists()
     monkeypatch.undo()
     ray.shutdown()
-    again = run_suite(suite, out_dir=tmp_path / "r", resume=run_dir.name, progress=False, num_cpus=2)
+    again = run_suite(suite, out_dir=tmp_path / "r", resume=run_dir.name, progress=False, num_cpus=2, hooks=quick())
     c = sweep_counts(run_dir, len(suite.trials))
     assert again.skipped == 1 and c["ok"] == len(suite.trials) and c["duplicates"] == 0
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
@@ -235,7 +241,7 @@ def test_a_run_whose_ray_connection_is_lost_ends_aborted_and_resumes(tmp_path, l
 def test_a_dataset_that_cannot_be_read_fails_before_run_json_says_running(tmp_path, local_ray):
     suite = load_suite(suite_file(tmp_path, data="cifar10"))
     with pytest.raises(HarnessError):
-        run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, data_root=str(tmp_path / "none"))
+        run_suite(suite, out_dir=tmp_path / "r", progress=False, num_cpus=2, data_root=str(tmp_path / "none"), hooks=quick())
     assert not list((tmp_path / "r").glob("*/*/run.json"))
 
 
