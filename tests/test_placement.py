@@ -19,8 +19,10 @@ from harness.suites import load_suite  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
+    """One embedded Ray for the module's sweeps (each run_suite connects to it, or starts it after a test shut it
+    down): a Ray start and its workers' imports cost ~5 s of CPU, which make test's parallel workers share."""
     yield
     ray.shutdown()
 
