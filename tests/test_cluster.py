@@ -206,7 +206,7 @@ def test_a_head_with_no_cpus_gets_no_probe_and_trials_start_without_waiting_for_
 
 
 def test_driver_killed_then_resume_completes_without_rerunning_ok_trials(tmp_path):
-    path = write_suite(tmp_path, "killed", n_hidden=(8, 16, 24), budget=1.0)
+    path = write_suite(tmp_path, "killed", n_hidden=(8, 16), budget=1.0)  # 12 trials: killed after 4 or more
     suite = load_suite(path)
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "harness.cli", "run", str(path), "--out", str(out), "--no-progress", "--quiet",

@@ -75,7 +75,10 @@ def test_accuracy_trial_learns_the_tiny_dataset(tiny_cifar):
     # warm-up excluded: the first 5 steps (half of a 10-step epoch) are left out of the images and their time
     assert r["train_img_per_s"] >= 95 * 32 / r["train_s"]
     assert r["eval_peak_mem_mb"] is None or r["eval_peak_mem_mb"] >= 0
-    assert r["noisy"] is False and r["img_per_s_iqr"] is None and r["latency_ms_p50"] is None
+    # noisy only for other processes on its cores (make test runs other tests beside it), never for spread
+    assert r["noisy"] is bool(r["noise_reasons"])
+    assert r["noise_reasons"] == "" or r["noise_reasons"].startswith("other processes used ")
+    assert r["img_per_s_iqr"] is None and r["latency_ms_p50"] is None
     assert r["backend"] in ("onednn-rnn", "aten-lstm-cpu") and r["gflop_per_s"] > 0
     assert r["peak_mem_mb"] is None or r["peak_mem_mb"] >= 0
     assert json.loads(to_json(r))["curve"][0]["epoch"] == 1
