@@ -5,8 +5,9 @@ A session = cells (a suite's train/infer trials) x pairs. Each pair runs the cel
 to back on one node (pairs.py), each in a fresh process; the order of each cell's pairs is AB/BA, balanced and
 shuffled (stats.balanced_orders), and rounds interleave the cells so every cell's pairs spread over the whole
 session. A pair with a failed or contaminated side is rerun with the same order (balance kept), at most
-MAX_RERUNS times (the suite key `reruns` sets it), then reported as lost. After the first `pairs` rounds, the cells still inconclusive get `step`
-more pairs, up to `max_pairs`: counts fixed before the session starts, never "until significant".
+MAX_RERUNS times (the suite key `reruns` sets it), then reported as lost. After the first `pairs` rounds, the
+cells still inconclusive get `step` more pairs, up to `max_pairs`: counts fixed before the session starts, never
+"until significant".
 Statistics: stats.paired_verdicts on log(candidate img/s / baseline img/s) per pair.
 
 Code A/B: the two sides are git refs (trees.py). Config A/B: the same code (the working tree), the candidate's

@@ -36,7 +36,8 @@ TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 GRID_FIELDS = VARIANT_FIELDS + TRAIN_FIELDS + ("data",)  # what axes and fixed may set
 EXCLUDE_FIELDS = GRID_FIELDS + ("mode", "device")
 TOP_KEYS = ("name", "description", "axes", "fixed", "exclude", "modes", "devices", "cpus_per_trial",
-            "repeats", "seed", "time_budget_s", "max_budget_s", "sample_plan", "reruns", "placement", "memory_mb", "data")
+            "repeats", "seed", "time_budget_s", "max_budget_s", "sample_plan", "reruns", "placement", "memory_mb",
+            "data")
 SET_KEYS = TOP_KEYS + tuple(k for k in GRID_FIELDS if k not in TOP_KEYS)  # what --set may name
 DEVICE_KIND = choice("cpu", "cuda")  # a suite says which kind; which cuda:N a trial lands on is Ray's business
 DEFAULTS = {**dataclasses.asdict(Variant()), **dataclasses.asdict(TrainConfig()),
@@ -259,7 +260,8 @@ def _parse(data, source: str) -> Suite:
         raise _err(source, "exclude", "no trials left after exclude")
 
     return Suite(name=name, description=description, path=str(source), sha256="", trials=tuple(specs.values()),
-                 cpus_per_trial=cpus, time_budget_s=budget, placement=placement, memory_mb=memory_mb, reruns=reruns, raw=data)
+                 cpus_per_trial=cpus, time_budget_s=budget, placement=placement, memory_mb=memory_mb,
+                 reruns=reruns, raw=data)
 
 
 def _excludes(source: str, data: dict) -> list[dict]:

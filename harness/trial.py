@@ -34,6 +34,7 @@ PAIR_BLOCKS, PAIR_BLOCK_S, PAIR_WARMUP_MIN_S, PAIR_WARMUP_CAP_S = 10, {"cpu": 0.
 PAIR_WARMUP_BLOCK_S = {"cpu": 0.04, "cuda": 0.02}
 MODEL_WARMUP_BLOCK_S = {"cpu": 0.025, "cuda": 0.01}  # the model-alone pass: the model is warm already
 TRIAL_PROBE_S = 0.3  # each standard-plan trial's own ceiling probe, after its windows (ceiling_fields)
+NO_CEILING = {"ceiling_gflop_per_s": None, "ceiling_frac": None, "node_ceiling_gflop_per_s": None}
 
 
 def load_data(spec: TrialSpec, device: torch.device, arrays=None, data_root: str | None = None,
@@ -109,7 +110,7 @@ def run_trial(spec: TrialSpec, *, arrays=None, data_root: str | None = None, all
         else:
             fields = run_throughput(spec, data, device)
             if spec.sample_plan == "pair":  # no ceiling probe in a pair's process: its fields are null
-                fields.update(ceiling_gflop_per_s=None, ceiling_frac=None, node_ceiling_gflop_per_s=None)
+                fields.update(NO_CEILING)
             else:
                 fields.update(ceiling_fields(spec, device, fields["gflop_per_s"], (ceilings or {}).get(device.type)))
         record.update(fields, status="ok")
@@ -179,13 +180,13 @@ def ceiling_fields(spec: TrialSpec, device: torch.device, gflop_per_s: float | N
     after its timed windows, with its threads and beside whatever else the node ran then: the load mode the
     trial was timed in; the fraction of it the LSTM GEMMs reached; and the node's ceiling from the sweep's
     start probe, for comparison. A ceiling from one probe per run (before 2026-12-07) could come from the other
-    load mode: ~3x off on a 2-core VM, where a second busy process halves what two threads get. Null where no
+    load mode: ~3x off on a 2-core VM (53-60 against 140-180 GFLOP/s: harness/ceiling.py's evidence). Null where no
     ceiling is probed for that precision (bfloat16 on CPU); node_ceiling_gflop_per_s is null outside a sweep."""
     from .ceiling import ceiling_frac, precisions_for, probe
     precision = spec.variant.dtype
     entry = (node_probes or {}).get(precision)
     if precision not in precisions_for(device.type):
-        return {"ceiling_gflop_per_s": None, "ceiling_frac": None, "node_ceiling_gflop_per_s": None}
+        return dict(NO_CEILING)
     here = probe(device, precision, threads=torch.get_num_threads(), seconds=TRIAL_PROBE_S).gflop_per_s
     return {"ceiling_gflop_per_s": here, "ceiling_frac": ceiling_frac(gflop_per_s, here),
             "node_ceiling_gflop_per_s": entry["gflop_per_s"] if entry else None}

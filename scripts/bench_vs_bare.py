@@ -86,7 +86,6 @@ def harness_trial(hidden: int, batch: int, device: str, dtype: str) -> dict:
 
 
 def main():
-    sys.path.insert(0, str(__file__.rsplit("/", 2)[0]))  # the repository root: harness.stats
     from harness import stats
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=8)

@@ -39,7 +39,7 @@ def quick(**hooks) -> Hooks:
 @pytest.fixture(scope="module")
 def local_ray():
     """One embedded Ray for the module's sweeps (each run_suite connects to it, or starts it after a test shut it
-    down): a Ray start and its workers' imports cost ~5 s of CPU, which make test's parallel workers share."""
+    down): each Ray start and its workers' torch imports cost seconds of CPU that make test's workers share."""
     yield
     ray.shutdown()
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def local_ray():
     """One embedded Ray for the module's sweeps (each run_suite connects to it, or starts it after a test shut it
-    down): a Ray start and its workers' imports cost ~5 s of CPU, which make test's parallel workers share."""
+    down): each Ray start and its workers' torch imports cost seconds of CPU that make test's workers share."""
     yield
     ray.shutdown()
 
@@ -88,8 +88,8 @@ def test_shared_trials_record_their_co_tenants(tmp_path, local_ray):
 
 def test_a_node_whose_ceiling_fell_flags_its_trials(tmp_path, local_ray):
     def dropped(node_id, probes):  # the end-of-run probe finds the node at 0.1 GFLOP/s: far below any start
-        # (halving the real end probe was not enough beside other tests: a start probed at 21.9 GFLOP/s under
-        # load, an end at 157 halved to 78.5, read as a rise)
+        # (halving the real end probe was not enough beside other tests, `make test` at efe92b5: a start at
+        # 21.9 GFLOP/s under load, an end at 157 halved to 78.5, read as a rise)
         return {kind: {p: {**v, "gflop_per_s": 0.1} for p, v in by.items()} for kind, by in probes.items()}
 
     out = run_suite(suite(tmp_path), out_dir=tmp_path / "r", progress=False, num_cpus=2,
