@@ -83,6 +83,7 @@ class Measurement:
     timed_start: float = 0.0           # epoch seconds: the timed window
     timed_end: float = 0.0
     throttled_ms: float | None = None  # cgroup CPU throttling during the timed window (containers with a quota)
+    steal_cores: float | None = None   # hypervisor steal in the timed window, in cores (None: not reported)
 
     @property
     def warmup_settled(self) -> bool:
@@ -184,6 +185,7 @@ class CpuAccount:
     def __init__(self):
         from .env import cgroup_cpu
         self.proc = psutil.Process()
+        self.steal0 = getattr(psutil.cpu_times(), "steal", None)  # Linux /proc/stat's 8th column; else None
         self.start = self._read()
         self._cgroup = cgroup_cpu
         self.throttled0 = cgroup_cpu()["throttled_usec"]
@@ -198,6 +200,14 @@ class CpuAccount:
         busy = t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0)
         own = self.proc.cpu_times()
         return time.perf_counter(), busy, own.user + own.system
+
+    def steal_cores(self) -> float | None:
+        """Cores' worth of time the hypervisor ran other guests instead of this VM since the start (counted in
+        external_cores too; None where /proc/stat has no steal column)."""
+        steal1 = getattr(psutil.cpu_times(), "steal", None)
+        if self.steal0 is None or steal1 is None:
+            return None
+        return max(0.0, (steal1 - self.steal0) / max(time.perf_counter() - self.start[0], 1e-9))
 
     def external_cores(self) -> float:
         wall0, busy0, own0 = self.start
@@ -281,10 +291,10 @@ def measure(step: Callable[[], object], *, batch_size: int, device: torch.device
             exhausted = True
             break
     timed_end = timed_start + (time.perf_counter() - t1)
-    external = account.external_cores()
+    external, steal = account.external_cores(), account.steal_cores()
     return Measurement(batch_size=batch_size, block_steps=n, block_times_s=tuple(times),
                        step_times_s=tuple(steps), warmup_steps=warm_steps, warmup_s=warm_time,
                        external_cores=external, free_cores=max(0, available_cores() - threads),
                        budget_exhausted=exhausted, rel_iqr_target=rel_iqr, warmup_rule=rule,
                        min_steps=min_steps, planned_blocks=blocks, timed_start=timed_start, timed_end=timed_end,
-                       throttled_ms=account.throttled_ms())
+                       throttled_ms=account.throttled_ms(), steal_cores=steal)

@@ -95,6 +95,7 @@ noisy              | bool  |        |         | contaminated: biased or off its 
 reruns             | int   |        |         | how often the sweep ran this trial again because it came back contaminated from outside (null: never); the earlier attempts' records have status contaminated
 noise_reasons      | str   |        |         | why noisy: the plan not finished, the warm-up unsettled, other processes using the cores, cgroup throttling, a node's drift, a recompile, profiled
 external_cpu_cores | float | cores  |         | CPU other processes kept busy during the timed window
+steal_cpu_cores    | float | cores  |         | of which hypervisor steal: time this VM's vCPUs waited while the host ran other guests (/proc/stat; null where not reported, and before 2026-12-07)
 cgroup_throttled_ms | float | ms    |         | time the container's CPU quota held the trial back in its timed window (null: no quota)
 timed_blocks       | int   |        |         | timed blocks
 planned_blocks     | int   |        |         | the blocks the trial's sample plan fixed before it started (fewer timed: the plan was cut by max_budget_s)

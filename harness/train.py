@@ -188,6 +188,7 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
     else:
         img_per_s = images / train_s
     external, free = others.external_cores(), max(0, available_cores() - torch.get_num_threads())
+    steal = others.steal_cores()
     busy = contention_reason(external, free) if device.type == "cpu" else None
     return {
         "test_acc": curve[-1]["test_acc"],
@@ -209,6 +210,7 @@ def run_accuracy(spec: TrialSpec, data: DeviceData, device: torch.device) -> dic
         "noisy": bool(busy),  # accuracy is unaffected; the times and images/s are
         "noise_reasons": busy or "",
         "external_cpu_cores": round(external, 2),
+        "steal_cpu_cores": None if steal is None else round(steal, 3),
         "latency_ms_p50": None, "latency_ms_p90": None, "latency_ms_p99": None,
         **gemm_fields(v, spec.mode, img_per_s),
         "peak_mem_mb": train_peak,          # training: model, optimizer state, activations

@@ -68,6 +68,7 @@ def measured_fields(m: Measurement, spec: TrialSpec) -> dict:
         "noisy": m.noisy,
         "noise_reasons": "; ".join(m.noise_reasons),
         "external_cpu_cores": round(m.external_cores, 2),
+        "steal_cpu_cores": None if m.steal_cores is None else round(m.steal_cores, 3),
         "cgroup_throttled_ms": m.throttled_ms,
         "timed_blocks": len(m.block_times_s),
         "planned_blocks": m.planned_blocks,

@@ -2,11 +2,13 @@
 step on one fixed batch already on the device) against a bare, hand-written PyTorch loop doing the same, at the
 same precision, paired in time as `lstm-bench ab` pairs (issue 18).
 
-    .venv/bin/python scripts/bench_vs_bare.py [--rounds 8] [--hidden-size 128] [--batch-size 256] \
-        [--device cuda] [--dtype float32|tf32|bfloat16] [--bare-input sequences|images] [--seed 0]
+    .venv/bin/python scripts/bench_vs_bare.py [--rounds 8] [--impl cudnn|naive] [--num-layers 2] \
+        [--hidden-size 128] [--batch-size 256] [--device cuda] [--dtype float32|tf32|bfloat16] \
+        [--bare-input sequences|images] [--seed 0]
 
-The bare loop is what shared/anchors.md measured: nn.LSTM(96, H, 2) + Linear on a fixed synthetic row-sequence
-batch, a full Adam step per iteration, warm-up excluded, median of timed iterations (CUDA events on GPU), with
+The bare loop is what shared/anchors.md measured: nn.LSTM(96, H, L) + Linear (`--impl naive`: the gate equations
+written out by hand in a Python loop over the 32 rows, BareNaiveLSTM, against the harness's `naive` impl) on a
+fixed synthetic row-sequence batch, a full Adam step per iteration, warm-up excluded, median of timed iterations (CUDA events on GPU), with
 the TF32 switches set as the harness sets them for the dtype (float32: both off) and bf16 autocast for
 bfloat16. `--bare-input images` feeds it a (B, 3, 32, 32) image batch and turns it into rows inside the step,
 as the harness's model does (permute + reshape: a copy), so the two runs of the script separate that copy from
@@ -31,13 +33,39 @@ import torch
 import torch.nn as nn
 
 
+class BareNaiveLSTM(nn.Module):
+    """The gate equations written out by hand, one Python iteration per time step, the four gates in one
+    matmul of [h, x_t] per step: what a user writes for a "naive" LSTM (independent of harness/variants.py)."""
+
+    def __init__(self, inputs: int, hidden: int, layers: int):
+        super().__init__()
+        k = hidden ** -0.5
+        self.hidden = hidden
+        self.w = nn.ParameterList(nn.Parameter(torch.empty(hidden + (inputs if n == 0 else hidden), 4 * hidden)
+                                               .uniform_(-k, k)) for n in range(layers))
+        self.b = nn.ParameterList(nn.Parameter(torch.empty(4 * hidden).uniform_(-k, k)) for _ in range(layers))
+
+    def forward(self, x):
+        for w, b in zip(self.w, self.b):
+            h = c = x.new_zeros(x.shape[0], self.hidden)
+            outs = []
+            for t in range(x.shape[1]):
+                i, f, g, o = torch.addmm(b, torch.cat([h, x[:, t]], dim=1), w).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                outs.append(h)
+            x = torch.stack(outs, dim=1)
+        return x, None
+
+
 def bare_loop(hidden: int, batch: int, device: str, seconds: float = 8.0, dtype: str = "float32",
-              images: bool = False) -> float:
+              images: bool = False, impl: str = "cudnn", layers: int = 2) -> float:
     import contextlib
     torch.manual_seed(0)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     amp = torch.autocast(device, torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
-    lstm, head = nn.LSTM(96, hidden, 2, batch_first=True).to(device), nn.Linear(hidden, 10).to(device)
+    core = nn.LSTM(96, hidden, layers, batch_first=True) if impl == "cudnn" else BareNaiveLSTM(96, hidden, layers)
+    lstm, head = core.to(device), nn.Linear(hidden, 10).to(device)
     params = list(lstm.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
     x = torch.randn(batch, 3, 32, 32, device=device) if images else torch.randn(batch, 32, 96, device=device)
@@ -70,16 +98,18 @@ def bare_loop(hidden: int, batch: int, device: str, seconds: float = 8.0, dtype:
     return batch / statistics.median(times)
 
 
-def bare_subprocess(hidden: int, batch: int, device: str, seconds: float, dtype: str, images: bool) -> float:
+def bare_subprocess(hidden: int, batch: int, device: str, seconds: float, dtype: str, images: bool, impl: str,
+                    layers: int) -> float:
     code = (f"import sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); import bench_vs_bare as b; "
-            f"print(b.bare_loop({hidden}, {batch}, {device!r}, seconds={seconds}, dtype={dtype!r}, images={images}))")
+            f"print(b.bare_loop({hidden}, {batch}, {device!r}, seconds={seconds}, dtype={dtype!r}, images={images}, "
+            f"impl={impl!r}, layers={layers}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def harness_trial(hidden: int, batch: int, device: str, dtype: str) -> dict:
+def harness_trial(hidden: int, batch: int, device: str, dtype: str, impl: str, layers: int) -> dict:
     cmd = [sys.executable, "-m", "harness.cli", "trial", "--seq", "row", "--hidden-size", str(hidden),
-           "--num-layers", "2", "--impl", "cudnn", "--mode", "train", "--batch-size", str(batch), "--dtype", dtype,
+           "--num-layers", str(layers), "--impl", impl, "--mode", "train", "--batch-size", str(batch), "--dtype", dtype,
            "--device", device, "--data", "synthetic", "--time-budget-s", "15" if device == "cpu" else "6", "--json"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -89,6 +119,8 @@ def main():
     from harness import stats
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--impl", default="cudnn", choices=["cudnn", "naive"])
+    p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -96,6 +128,8 @@ def main():
     p.add_argument("--bare-input", default="sequences", choices=["sequences", "images"])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    if a.num_layers < 1:
+        sys.exit("bench_vs_bare: --num-layers must be >= 1")
     if a.rounds < 2:
         sys.exit("bench_vs_bare: --rounds must be >= 2 (>= 6 for a 95% interval)")
     images = a.bare_input == "images"
@@ -104,18 +138,18 @@ def main():
     for r, order in enumerate(stats.balanced_orders(a.rounds, np.random.default_rng(a.seed))):
         args = (a.hidden_size, a.batch_size, a.device)
         if order == "AB":  # A: the bare loop, B: the harness
-            bare = bare_subprocess(*args, seconds, a.dtype, images)
-            rec = harness_trial(*args, a.dtype)
+            bare = bare_subprocess(*args, seconds, a.dtype, images, a.impl, a.num_layers)
+            rec = harness_trial(*args, a.dtype, a.impl, a.num_layers)
         else:
-            rec = harness_trial(*args, a.dtype)
-            bare = bare_subprocess(*args, seconds, a.dtype, images)
+            rec = harness_trial(*args, a.dtype, a.impl, a.num_layers)
+            bare = bare_subprocess(*args, seconds, a.dtype, images, a.impl, a.num_layers)
         logs.append(math.log(rec["model_img_per_s"] / bare))
         print(f"round {r + 1} {'bare first' if order == 'AB' else 'harness first'}: bare {bare:8,.0f} img/s   "
               f"harness model-only {rec['model_img_per_s']:8,.0f} img/s (end to end {rec['img_per_s']:,.0f}, "
               f"data {rec['data_ms_per_step']:.2f} ms/step, noisy={rec['noisy']}, backend={rec['backend']})   "
               f"ratio {math.exp(logs[-1]):.3f}", flush=True)
     where = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"row, hidden {a.hidden_size} x 2, cudnn impl, train, batch {a.batch_size}, {a.dtype}, {where}, "
+    print(f"row, hidden {a.hidden_size} x {a.num_layers}, {a.impl} impl, train, batch {a.batch_size}, {a.dtype}, {where}, "
           f"torch {torch.__version__}; bare loop fed {a.bare_input}")
     low, high, level = stats.hl_interval(logs)
     ratio, p_value = math.exp(stats.hodges_lehmann(logs)), stats.wilcoxon_p(logs)

@@ -29,7 +29,8 @@
 # mode 700, or not exist yet: a symlink or a folder someone else made is refused, since root keeps the
 # cluster's token there and deletes what `up` made from it), LB_BIN (folder holding `ray` and `lstm-bench`; default: the
 # repository's .venv/bin, else wherever `ray` is on PATH), LB_NETNS_TIMEOUT (seconds to wait for nodes, 90),
-# LB_TLS (1: TLS, with `up`).
+# LB_TLS (1: TLS, with `up`), LB_NETNS_WORKER_GPUS (GPUs the worker node declares to Ray, 0; a fake one makes it
+# the cluster's only GPU node, for the fault tests: cuda trials are placed there and fail if one starts).
 set -euo pipefail
 
 HEAD_NS=lb-head
@@ -42,6 +43,7 @@ PREFIX=24
 PORT=${RAY_PORT:-6379}
 STATE=${LB_NETNS_STATE:-/run/lb-netns}  # /run: only root can create there (never a predictable /tmp name)
 TIMEOUT=${LB_NETNS_TIMEOUT:-90}
+WORKER_GPUS=${LB_NETNS_WORKER_GPUS:-0}  # GPUs the worker declares (Ray's GPU resource; none need exist)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 usage() {
@@ -177,6 +179,7 @@ cmd_down() {
 }
 
 cmd_up() {
+    [[ $WORKER_GPUS =~ ^[0-9]+$ ]] || die "LB_NETNS_WORKER_GPUS must be a whole number, got '$WORKER_GPUS'"
     need_root
     find_bin
     [[ -x $BIN/python ]] || die "$BIN/python not found (LB_BIN must be a venv's bin folder)"
@@ -225,7 +228,7 @@ cmd_up() {
     log "starting the Ray worker in $WORKER_NS at $WORKER_IP with scripts/ray-worker.sh (log: $STATE/worker.log)"
     in_ns "$WORKER_NS" "${worker_tls[@]}" RAY="$BIN/ray" \
         bash "$ROOT/scripts/ray-worker.sh" "$HEAD_IP:$PORT" "$WORKER_IP" \
-        --num-cpus=1 --num-gpus=0 --resources='{"host_worker": 4, "timing_slot": 1}' \
+        --num-cpus=1 --num-gpus="$WORKER_GPUS" --resources='{"host_worker": 4, "timing_slot": 1}' \
         --object-store-memory=200000000 --temp-dir="$STATE/ray-worker" --disable-usage-stats \
         >"$STATE/worker.log" 2>&1 || { tail -n 30 "$STATE/worker.log" >&2; die "worker did not start"; }
 

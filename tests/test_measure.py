@@ -149,3 +149,21 @@ def test_simulated_warmup_rule():
     first = stats.first_settled(flat)
     assert ((first != -1) & (first <= 20)).mean() >= 0.95
     assert (first == stats.TREND_WINDOW).mean() >= 0.6
+
+
+def test_steal_time_is_read_from_proc_stat_and_null_where_it_has_none(monkeypatch):
+    """steal_cores: the steal column's growth over the wall time, in cores; None on a kernel (or OS) whose
+    cpu_times has no steal field, never 0 (which would claim "measured, none")."""
+    import collections
+    import itertools
+
+    from harness import measure
+    with_steal = collections.namedtuple("T", "user nice system idle steal")
+    without = collections.namedtuple("T", "user nice system idle")
+    times = itertools.chain([with_steal(0, 0, 0, 0, 1.0)] * 2, itertools.repeat(with_steal(0, 0, 0, 0, 1.5)))
+    clock = itertools.chain([100.0], itertools.repeat(102.0))
+    monkeypatch.setattr(measure.psutil, "cpu_times", lambda: next(times))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    assert measure.CpuAccount().steal_cores() == pytest.approx(0.25)  # 0.5 s stolen over 2 s
+    monkeypatch.setattr(measure.psutil, "cpu_times", lambda: without(0, 0, 0, 0))
+    assert measure.CpuAccount().steal_cores() is None

@@ -93,11 +93,18 @@ def gcs_node_events(state: Path) -> str:
     return "--- head GCS, node events:\n" + ("\n".join(lines[-15:]) or "(none)")
 
 
-def write_suite(tmp_path: Path, name: str, hidden: list[int]) -> Path:
-    """len(hidden) x 2 short CPU infer trials, one CPU each: both hosts (one CPU each) stay busy."""
-    suite = {"name": name, "axes": {"hidden_size": hidden, "impl": ["cudnn", "naive"]},
-             "fixed": {"seq": "row", "num_layers": 1, "batch_size": 32}, "modes": ["infer"], "devices": ["cpu"],
+def write_suite(tmp_path: Path, name: str, hidden: list[int], cuda_hidden: int | None = None) -> Path:
+    """len(hidden) x 2 short CPU infer trials, one CPU each: both hosts (one CPU each) stay busy. With
+    cuda_hidden, 2 cuda trials at that hidden size come last (queued behind every CPU trial: the driver keeps
+    at most 4 in flight here, so they are still in its queue when a fault hits early)."""
+    extra = [] if cuda_hidden is None else [cuda_hidden]
+    suite = {"name": name, "axes": {"hidden_size": hidden + extra, "impl": ["cudnn", "naive"]},
+             "fixed": {"seq": "row", "num_layers": 1, "batch_size": 32}, "modes": ["infer"],
+             "devices": ["cpu", "cuda"] if extra else ["cpu"],
              "data": "synthetic", "cpus_per_trial": 1, "time_budget_s": 1, "sample_plan": "pair", "reruns": 0}
+    if extra:
+        suite["exclude"] = [{"hidden_size": h, "device": "cuda"} for h in hidden] + [
+            {"hidden_size": cuda_hidden, "device": "cpu"}]
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))
     return path
@@ -159,13 +166,16 @@ def clock_host(c) -> str:
 
 
 def note_arrivals(c) -> None:
-    """Remember the namespaces' processes and when each record first appeared in trials.jsonl."""
+    """Remember the namespaces' processes, when each record first appeared in trials.jsonl and when the GCS
+    declared the worker dead."""
     c.seen_pids |= _ns_pids("lb-head") | _ns_pids("lb-worker")
+    if getattr(c, "t_fault", None) and not getattr(c, "t_dead", None) and worker_declared_dead(c.state):
+        c.t_dead = time.time()
     for r in read_records(c.out, c.name):
         c.arrived.setdefault((r["trial_id"], r["status"]), time.time())
 
 
-def finish_sweep(c, driver: subprocess.Popen, log: Path, timeout: float) -> None:
+def finish_sweep(c, driver: subprocess.Popen, log: Path, timeout: float, rc_wanted: int = 0) -> None:
     deadline = time.time() + timeout
     while (rc := driver.poll()) is None and time.time() < deadline:
         note_arrivals(c)
@@ -176,18 +186,20 @@ def finish_sweep(c, driver: subprocess.Popen, log: Path, timeout: float) -> None
     note_arrivals(c)
     text = log.read_text(errors="replace")
     print(f"--- sweep driver: rc {rc} after {time.time() - c.t_sweep:.1f}s\n{text[-3000:]}")
-    assert rc == 0, f"the sweep did not finish cleanly (rc {rc})"
+    assert rc == rc_wanted, f"the sweep did not finish as it should (rc {rc}, not {rc_wanted})"
 
 
-def check_outcome(c, suite_path: Path) -> tuple[dict, Counter]:
+def check_outcome(c, suite_path: Path, infeasible: set[str] = frozenset()) -> tuple[dict, Counter]:
     """Prints planned / ok / failed / lost, trials per host and a timeline around the fault (seconds after
-    it: when each trial started, when its record reached trials.jsonl); asserts every trial ok exactly once,
-    nothing failed, nothing lost."""
+    it: when each trial started, when its record reached trials.jsonl); asserts every trial ok exactly once
+    (those in `infeasible`: recorded infeasible once, never run), nothing failed, nothing lost."""
     from harness.suites import load_suite
-    planned = {s.trial_id for s in load_suite(suite_path).trials}
+    planned = {s.trial_id for s in load_suite(suite_path).trials} - infeasible
     recs = read_records(c.out, c.name)
     _, ok, _ = sweep_executions(recs)  # ok executions per trial (a drifted node re-records, it does not rerun)
-    not_ok = [r for r in recs if r["status"] != "ok"]
+    ended_infeasible = Counter(r["trial_id"] for r in recs if r["status"] == "infeasible")
+    assert dict(ended_infeasible) == dict.fromkeys(infeasible, 1), f"infeasible records: {dict(ended_infeasible)}"
+    not_ok = [r for r in recs if r["status"] != "ok" and r["trial_id"] not in infeasible]
     lost = planned - {r["trial_id"] for r in recs}
     hosts = Counter(r.get("node_ip") for r in recs if r["status"] == "ok")
     print(f"{c.name}: planned {len(planned)}, ok {sum(ok.values())}, failed {len(not_ok)}, lost {len(lost)}; "
@@ -205,6 +217,7 @@ def check_outcome(c, suite_path: Path) -> tuple[dict, Counter]:
     assert set(ok) == planned and all(n == 1 for n in ok.values()), f"ok per trial: {dict(ok)}"
     run_json = json.loads(next(c.out.glob(f"{c.name}/*/run.json")).read_text())
     assert run_json["status"] == "finished" and run_json["ok"] == len(planned), run_json
+    assert run_json["infeasible"] == len(infeasible), run_json
     return {r["trial_id"]: r for r in recs}, hosts
 
 
@@ -323,14 +336,18 @@ def test_long_link_cut_worker_declared_dead_sweep_finishes_on_head(tmp_path):
 
 
 @pytest.mark.timeout(200)
-def test_worker_host_processes_killed_trials_retried_on_head(tmp_path):
+def test_worker_host_processes_killed_trials_retried_on_head_gpu_trials_end_infeasible(tmp_path):
     """Every process in lb-worker (raylet, its workers, agents) gets SIGKILL mid-sweep: the trial running there
     fails as a system failure, Ray retries it (max_retries) on the head, which keeps one CPU, and the sweep
-    itself ends with every trial ok once (no --resume): none a timeout, though the retry queues behind the
+    itself ends with every CPU trial ok once (no --resume): none a timeout, though the retry queues behind the
     others on the head (its deadline starts when it starts). Ray's default health checks: the owner sees the
-    worker's connection drop well before the GCS declares the node dead."""
-    suite_path = write_suite(tmp_path, "netns-worker-kill", [8, 16, 24, 32, 40, 48])  # 12 trials (issue 19)
-    with netns_cluster() as c:
+    worker's connection drop well before the GCS declares the node dead.
+    The worker is also the cluster's only GPU node (it declares one fake GPU, LB_NETNS_WORKER_GPUS=1), and 2
+    cuda trials wait at the end of the queue: once the GCS declares the worker dead, they end infeasible,
+    naming the dead node, within a poll interval (issue 19: before, they waited for a GPU forever)."""
+    from harness.cluster import POLL_S
+    suite_path = write_suite(tmp_path, "netns-worker-kill", [8, 16, 24, 32, 40, 48], cuda_hidden=56)  # 12 + 2
+    with netns_cluster(LB_NETNS_WORKER_GPUS="1") as c:
         driver, busy = _sweep_until_worker_busy(c, suite_path, tmp_path)
         with _driver(driver):
             # again, just before the kill: a trial running there and not recorded yet
@@ -345,7 +362,15 @@ def test_worker_host_processes_killed_trials_retried_on_head(tmp_path):
             wait_for(c, "lb-worker empty", lambda: not [p for p in _ns_pids("lb-worker") if _alive(p)], driver, 15)
             print(f"--- SIGKILLed {len(victims)} process(es) in lb-worker at {_utc(c.t_fault)}, trial(s) running "
                   f"there: {sorted(busy)}")
-            finish_sweep(c, driver, tmp_path / "driver.log", 150)
-    by_id, hosts = check_outcome(c, suite_path)
+            finish_sweep(c, driver, tmp_path / "driver.log", 150, rc_wanted=1)  # 1: trials not run (infeasible)
+    recs = read_records(c.out, c.name)
+    cuda_ids = {r["trial_id"] for r in recs if r.get("device", "").startswith("cuda")}
+    by_id, hosts = check_outcome(c, suite_path, infeasible=cuda_ids)
     print(f"trial(s) killed on the worker ended on: {[(t, by_id[t].get('node_ip')) for t in sorted(busy)]}")
     assert all(by_id[t]["node_ip"] == HEAD_IP for t in busy), "a trial killed on the worker was not rerun on the head"
+    assert len(cuda_ids) == 2 and all("died" in by_id[t]["error"] and "GPU" in by_id[t]["error"] for t in cuda_ids)
+    assert getattr(c, "t_dead", None), "the GCS never declared the worker dead"
+    last = max(c.arrived[(t, "infeasible")] for t in cuda_ids)
+    print(f"worker declared dead {c.t_dead - c.t_fault:.1f} s after the kill; the cuda trials' infeasible "
+          f"records {last - c.t_dead:+.2f} s after that: {by_id[sorted(cuda_ids)[0]]['error']}")
+    assert last - c.t_dead <= POLL_S + 2.0, "the GPU trials were not ended at the first poll after the node died"
