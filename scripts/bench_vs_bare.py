@@ -58,7 +58,7 @@ class BareNaiveLSTM(nn.Module):
                 h = torch.sigmoid(o) * torch.tanh(c)
                 outs.append(h)
             x = torch.stack(outs, dim=1)
-        return x, None
+        return x, h  # the outputs and the last layer's final hidden state
 
 
 def bare_loop(hidden: int, batch: int, device: str, seconds: float = 8.0, dtype: str = "float32",
@@ -77,8 +77,10 @@ def bare_loop(hidden: int, batch: int, device: str, seconds: float = 8.0, dtype:
     def step():
         with amp:
             seq = x.permute(0, 2, 1, 3).reshape(batch, 32, 96) if images else x  # rows, as the harness's model
-            out, _ = lstm(seq)
-            loss = nn.functional.cross_entropy(head(out[:, -1]), y)
+            out, state = lstm(seq)
+            # The head reads the final hidden state, as the harness's model does (h_n). For the Python loop that
+            # is its last h: the backward then skips the stacked outputs, as the harness's does.
+            loss = nn.functional.cross_entropy(head(out[:, -1] if impl == "cudnn" else state), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
