@@ -5,10 +5,11 @@
 - a long cut, until the GCS declares the worker dead (health checks shortened for that cluster only, through
   RAY_health_check_* in the environment of `netns-cluster.sh up`, which `ray start` inherits in both
   namespaces): the head finishes the sweep, the worker's raylet exits once the link is back;
-- SIGKILL to every process in lb-worker: the trial running there is retried on the head (max_retries).
+- SIGKILL to every process in lb-worker: the trial running there is retried on the head (max_retries), and
+  the cuda trials queued for the worker, the only GPU node (a fake GPU), end infeasible once it is dead.
 
-Each time the sweep itself must survive, with no --resume: every planned trial ok exactly once, no failed
-record, none lost. Each test prints `planned N, ok N, failed N, lost N`, the trials per host and a timeline
+Each time the sweep itself must survive, with no --resume: every planned trial ok exactly once (or, for
+the cuda trials, infeasible once), no failed record, none lost. Each test prints `planned N, ok N, failed N, lost N`, the trials per host and a timeline
 around the fault, brings the cluster down in a finally and checks that no namespace and no process remains.
 
 Needs root and working `ip netns` (skipped otherwise, like tests/test_netns.py, whose helpers it reuses);

@@ -145,6 +145,7 @@ def test_cifar_reader_refuses_code_running_pickles(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_results_are_json_and_parquet_never_pickles(tmp_path, embedded_ray):
     s = {"name": "formats", "axes": {"impl": ["cudnn", "naive"]},
          "fixed": {"seq": "row", "hidden_size": 8, "num_layers": 1, "batch_size": 8}, "modes": ["infer"],

@@ -134,6 +134,7 @@ def _session(rng, effects, sd, pairs=12, step=6, max_pairs=24):
             logs[k] += _pairs(rng, n, effects[int(k[1:])], sd)
 
 
+@pytest.mark.slow
 def test_simulated_aa_sessions_rarely_flag_anything():
     """1,000 A/A sessions of 6 cells with drift and contention bursts: <= 5% with any false flag."""
     rng = np.random.default_rng(20261206)
@@ -142,6 +143,7 @@ def test_simulated_aa_sessions_rarely_flag_anything():
     assert flagged / 1000 <= 0.05
 
 
+@pytest.mark.slow
 def test_simulated_power_for_an_eight_percent_slowdown():
     """One cell of six 8% slower: called a regression in >= 90% of 1,000 sessions; the others not called."""
     rng = np.random.default_rng(7)

@@ -125,6 +125,7 @@ def test_unofficial_copy_refused_without_permission(capsys, tiny_cifar):
     one_line_error(capsys, ["trial", "--data", "cifar10", "--data-root", str(tiny_cifar)], "--allow-unofficial-data")
 
 
+@pytest.mark.slow
 def test_check_command_reports_every_seq_and_impl(capsys):
     rc = main(["check", "--hidden-size", "8", "--json"])
     out = capsys.readouterr()
